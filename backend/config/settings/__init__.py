@@ -1,0 +1,1 @@
+"""Settings split by environment: base (shared, reads the environment), local, test, production."""

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from backend.core.api import HealthApi
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/auth/", include("backend.accounts.urls")),
+    path("api/health/", HealthApi.as_view(), name="health"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/", include("backend.studies.urls")),
+    path("", TemplateView.as_view(template_name="index.html"), name="app"),
+]

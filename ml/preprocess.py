@@ -1,0 +1,342 @@
+"""The single image preprocessing path shared by training, evaluation and serving.
+
+Everything that turns bytes into a model input lives here so that training and serving cannot
+drift apart: ``decode_image`` -> float32 grayscale in [0, 1], then ``to_model_tensor`` ->
+resized, normalised tensor. The training Dataset (``ml.data``) calls exactly these functions.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse anything larger than this many pixels *before* decoding it. 50 MP is far above any
+# radiograph (a 43x43 cm detector at 0.1 mm is ~18 MP) but well below what would exhaust a
+# worker's memory once converted to float32.
+MAX_PIXELS = 50_000_000
+
+# Metadata we expose for DICOM. Deliberately a short allow-list: no patient name, id or birth
+# date ever leaves this module, so callers cannot leak PHI by accident.
+DICOM_METADATA_KEYS = (
+    "StudyInstanceUID",
+    "SOPInstanceUID",
+    "AccessionNumber",
+    "ViewPosition",
+    "Modality",
+    "PatientAge",
+    "PatientSex",
+    "BodyPartExamined",
+)
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageDecodeError(ValueError):
+    """The input is not an image we can safely decode; the message says why (user-facing)."""
+
+
+@dataclass
+class DecodedImage:
+    """A decoded radiograph: float32 grayscale HxW in [0, 1] (white = dense/bone)."""
+
+    pixels: np.ndarray
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _read_source(source: str | Path | bytes | bytearray | memoryview) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"file not found: {path}")
+        data = path.read_bytes()
+    else:
+        raise ImageDecodeError(f"unsupported input type {type(source).__name__}")
+    if not data:
+        raise ImageDecodeError("empty file: no image data")
+    return data
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return "jpeg", "png" or "dicom" from the leading bytes, or None if unrecognised.
+
+    We sniff instead of trusting file names/extensions because uploads are routinely misnamed
+    (".dcm" JPEG exports, DICOMs without extension).
+    """
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    # Old ACR-NEMA style / "raw" DICOM without the 128-byte preamble: starts directly with a
+    # group 0x0008 (or 0x0002) element in little endian. Confirmed later by pydicom.
+    if len(data) >= 8 and data[1] == 0x00 and data[0] in (0x02, 0x08) and data[3] == 0x00:
+        return "dicom"
+    return None
+
+
+def _to_unit_range(arr: np.ndarray) -> np.ndarray:
+    """Min-max stretch to [0, 1] in float32. Constant images become all zeros."""
+    arr = arr.astype(np.float32, copy=False)
+    lo = float(arr.min())
+    hi = float(arr.max())
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ImageDecodeError("image contains non-finite pixel values")
+    if hi - lo < 1e-12:
+        return np.zeros_like(arr, dtype=np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32, copy=False)
+
+
+def _decode_pillow(data: bytes, fmt: str) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            # Pillow only *warns* between MAX_IMAGE_PIXELS and 2x that; we check ourselves.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            # Check the header size before any pixel is decoded (Image.open is lazy).
+            if width * height > MAX_PIXELS:
+                raise ImageDecodeError(
+                    f"image too large: {width}x{height} = {width * height} pixels "
+                    f"(limit {MAX_PIXELS}); refusing to decode"
+                )
+            if width < 8 or height < 8:
+                raise ImageDecodeError(f"image too small: {width}x{height}")
+            img.load()
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large (decompression bomb): {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated {fmt.upper()} image: {exc}") from exc
+
+    # Honour EXIF orientation so a phone photo of a film is upright as the user saw it.
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a valid image
+        pass
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # High bit-depth grayscale (16-bit PNG). Its usable range is rarely the full 0..65535
+        # (12-bit detectors), so stretch min-max like we do for DICOM.
+        arr = np.asarray(img)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        pixels = _to_unit_range(arr)
+    else:
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+            # Composite transparent images onto black (= radiolucent) rather than dropping alpha.
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
+        if mode != "L":
+            # ITU-R 601 luma, the same conversion used for the (RGB) training JPEGs.
+            img = img.convert("L")
+        # 8-bit: fixed scaling, not min-max, so the training images keep their exposure.
+        pixels = np.asarray(img, dtype=np.float32) / 255.0
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), metadata={}, format=fmt)
+
+
+def _decode_dicom(data: bytes) -> DecodedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.uid import (
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    try:
+        # force=True: accept files without the preamble / file meta (old ACR-NEMA style).
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise ImageDecodeError(f"not a readable DICOM file: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
+        raise ImageDecodeError(f"not a readable DICOM file: {exc}") from exc
+
+    if "PixelData" not in ds:
+        raise ImageDecodeError("DICOM file has no pixel data (not an image object)")
+
+    rows = int(ds.get("Rows", 0) or 0)
+    cols = int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows <= 0 or cols <= 0:
+        raise ImageDecodeError("DICOM file has no valid Rows/Columns")
+    # Size check from the header, before decompressing anything.
+    if rows * cols * max(frames, 1) > MAX_PIXELS:
+        raise ImageDecodeError(
+            f"DICOM image too large: {frames} frame(s) of {cols}x{rows} pixels "
+            f"(limit {MAX_PIXELS}); refusing to decode"
+        )
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+
+    # Files without file meta have no transfer syntax; pydicom knows how it parsed the body
+    # (implicit/explicit VR, endianness), so declare the matching uncompressed syntax.
+    if not ds.file_meta or "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        if implicit is None:
+            implicit, little = True, True
+        ds.file_meta = ds.file_meta or pydicom.dataset.FileMetaDataset()
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        elif little:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        else:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+
+    tsuid = ds.file_meta.TransferSyntaxUID
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder plugins raise RuntimeError/ValueError/...
+        name = getattr(tsuid, "name", str(tsuid))
+        reason = str(exc).strip().splitlines()
+        detail = reason[-1].strip() if reason else type(exc).__name__
+        raise ImageDecodeError(
+            f"cannot decode DICOM pixel data (transfer syntax {name}, {tsuid}): {detail}"
+        ) from exc
+
+    if frames > 1 and arr.ndim >= 3 and arr.shape[0] == frames:
+        arr = arr[0]  # multi-frame: the first frame is the representative image
+    if samples == 3 or (arr.ndim == 3 and arr.shape[-1] == 3):
+        # Colour secondary captures: convert to RGB first (YBR -> RGB) then luma.
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        arr = arr.astype(np.float32)
+        arr = 0.299 * arr[..., 0] + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]
+    elif arr.ndim != 2:
+        raise ImageDecodeError(f"unsupported DICOM pixel array shape {arr.shape}")
+    else:
+        try:
+            # Modality LUT / rescale slope+intercept -> physical units, then the VOI LUT or
+            # window the modality chose for display: this is what a radiologist would see.
+            arr = apply_modality_lut(arr, ds)
+            arr = apply_voi_lut(arr, ds, index=0)
+        except Exception as exc:  # noqa: BLE001 - malformed LUTs must be a clean rejection
+            raise ImageDecodeError(f"invalid DICOM LUT/window attributes: {exc}") from exc
+
+    pixels = _to_unit_range(np.asarray(arr))
+    if photometric == "MONOCHROME1":
+        # MONOCHROME1: low values are white. Flip so that, like MONOCHROME2 and the training
+        # JPEGs, bone/dense tissue is bright.
+        pixels = 1.0 - pixels
+
+    metadata: dict[str, str] = {}
+    for key in DICOM_METADATA_KEYS:
+        value = ds.get(key)
+        if value is not None and str(value).strip() != "":
+            metadata[key] = str(value).strip()
+    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+                        metadata=metadata, format="dicom")
+
+
+def decode_image(source: str | Path | bytes) -> DecodedImage:
+    """Decode a JPEG, PNG or DICOM (path or bytes) to float32 grayscale in [0, 1].
+
+    Raises ImageDecodeError (a ValueError) with a human readable reason for anything invalid:
+    empty input, unknown format, truncated/corrupt data, undecodable DICOM compression,
+    images over MAX_PIXELS (checked from the header, before decoding).
+    """
+    data = _read_source(source)
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ImageDecodeError(
+            "unrecognised file format: expected a JPEG, PNG or DICOM image"
+        )
+    if fmt == "dicom":
+        return _decode_dicom(data)
+    return _decode_pillow(data, fmt)
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor conversion
+# --------------------------------------------------------------------------------------------
+
+
+def resize_pixels(pixels: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a HxW [0,1] image to size x size (float32 tensor), antialiased.
+
+    The aspect ratio is *not* preserved: the training JPEGs were squashed to 224x224 from their
+    original aspect, so squashing here reproduces the training distribution.
+    """
+    t = torch.as_tensor(np.asarray(pixels, dtype=np.float32)) if not isinstance(
+        pixels, torch.Tensor) else pixels.float()
+    if t.ndim != 2:
+        raise ValueError(f"expected HxW grayscale pixels, got shape {tuple(t.shape)}")
+    if tuple(t.shape) == (size, size):
+        return t.clone()
+    out = F.interpolate(t[None, None], size=(size, size), mode="bilinear",
+                        align_corners=False, antialias=True)
+    return out[0, 0].clamp_(0.0, 1.0)
+
+
+def normalize(t: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+              channels: int) -> torch.Tensor:
+    """(…, 1, H, W) or (1, H, W) in [0,1] -> (…, channels, H, W) normalised."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if t.shape[-3] == 1 and channels == 3:
+        # ImageNet-style models expect RGB: a radiograph is gray, so repeat it.
+        t = t.expand(*t.shape[:-3], 3, *t.shape[-2:])
+    m = torch.as_tensor(list(mean), dtype=t.dtype, device=t.device)
+    s = torch.as_tensor(list(std), dtype=t.dtype, device=t.device)
+    if m.numel() == 1 and channels == 3:
+        m, s = m.repeat(3), s.repeat(3)
+    if m.numel() != channels or s.numel() != channels:
+        raise ValueError("mean/std must have one value per channel (or a single value)")
+    return (t - m.view(-1, 1, 1)) / s.view(-1, 1, 1)
+
+
+def to_model_tensor(pixels: np.ndarray | torch.Tensor, input_size: int,
+                    mean: Sequence[float], std: Sequence[float],
+                    channels: int = 1) -> torch.Tensor:
+    """float32 HxW [0,1] -> (channels, input_size, input_size) normalised float32 tensor."""
+    resized = resize_pixels(pixels, int(input_size))
+    return normalize(resized[None], mean, std, int(channels)).contiguous()
+
+
+def spec_values(spec: Mapping[str, Any]) -> tuple[int, list[float], list[float], int]:
+    """Unpack a checkpoint 'preprocessing' section with validation."""
+    try:
+        size = int(spec["input_size"])
+        mean = [float(v) for v in spec["mean"]]
+        std = [float(v) for v in spec["std"]]
+        channels = int(spec.get("channels", len(mean)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"invalid preprocessing spec {dict(spec)!r}: {exc}") from exc
+    return size, mean, std, channels
+
+
+def preprocess(source: str | Path | bytes | np.ndarray, spec: Mapping[str, Any]) -> torch.Tensor:
+    """decode_image + to_model_tensor using a checkpoint's preprocessing section.
+
+    ``source`` may also be an already-decoded HxW float array in [0, 1].
+    """
+    size, mean, std, channels = spec_values(spec)
+    if isinstance(source, np.ndarray):
+        pixels = source
+    else:
+        pixels = decode_image(source).pixels
+    return to_model_tensor(pixels, size, mean, std, channels)

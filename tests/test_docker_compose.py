@@ -1,0 +1,61 @@
+"""docker-compose.yml cannot run here (no Docker engine): check it against the code instead."""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+
+
+def command_of(service: dict[str, Any]) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def test_compose_has_the_services_of_the_design(compose: dict[str, Any]) -> None:
+    assert {"db", "redis", "web", "worker", "flower"} <= set(compose["services"])
+    assert compose["services"]["db"]["image"].startswith("postgres")
+    assert compose["services"]["redis"]["image"].startswith("redis")
+
+
+def test_web_runs_gunicorn_on_the_real_wsgi_module(compose: dict[str, Any]) -> None:
+    command = " ".join(command_of(compose["services"]["web"]))
+    assert "migrate" in command
+    module = command.split("gunicorn", 1)[1].split()[0]
+    assert hasattr(importlib.import_module(module), "application")
+
+
+def test_worker_listens_on_the_queue_tasks_are_routed_to(compose: dict[str, Any]) -> None:
+    from django.conf import settings
+
+    argv = command_of(compose["services"]["worker"])
+    assert argv[:3] == ["celery", "-A", "worker"]
+    queues = argv[argv.index("-Q") + 1].split(",")
+    routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
+    assert routed <= set(queues) | {"default"}
+    assert "inference" in queues
+    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert importlib.import_module("worker").app.main == "pneumoscan"
+
+
+def test_flower_is_protected_and_every_app_service_has_database_and_redis(
+    compose: dict[str, Any],
+) -> None:
+    assert "--basic-auth" in " ".join(command_of(compose["services"]["flower"]))
+    for name in ("web", "worker", "flower"):
+        env = compose["services"][name]["environment"]
+        assert env["DATABASE_URL"].startswith("postgres://")
+        assert env["REDIS_URL"].startswith("redis://redis:")
+        assert env["DJANGO_SETTINGS_MODULE"] == "backend.config.settings.production"

@@ -1,0 +1,51 @@
+"""The whole path: API upload -> PostgreSQL -> Redis -> a real Celery worker -> result."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def upload(api: Any, paths: list[Path]) -> Any:
+    files = [path.open("rb") for path in paths]
+    try:
+        return api.post("/api/studies/", {"files": files, "name": "e2e"}, format="multipart")
+    finally:
+        for f in files:
+            f.close()
+
+
+def test_uploaded_xray_is_classified_by_a_real_worker(
+    celery_worker_process: Any, api: Any, xray_paths: list[Path]
+) -> None:
+    from ml.checkpoint import load_checkpoint
+    from django.conf import settings
+
+    classes = load_checkpoint(settings.MODEL_CHECKPOINT_BINARY)["classes"]
+    response = upload(api, xray_paths[:1])
+    assert response.status_code == 201, response.content
+    study_id = response.json()["study"]["id"]
+    assert response.json()["study"]["status"] == "queued"
+
+    def finished() -> dict | None:
+        body = api.get(f"/api/studies/{study_id}/").json()
+        return body if body["status"] in ("done", "failed", "done_with_errors") else None
+
+    body = wait_for(finished, timeout=120)
+    assert body["status"] == "done", body
+    assert body["progress"] == {"total": 1, "done": 1, "failed": 0,
+                                "pneumonia": int(body["images"][0]["result"]["label"] == "pneumonia")}
+    result = body["images"][0]["result"]
+    assert math.isclose(sum(result["probabilities"].values()), 1.0, abs_tol=1e-4)
+    assert result["label"] in classes
+    assert result["model_name"] and result["model_version"]
+    heatmap = api.get(body["images"][0]["heatmap_url"])
+    assert heatmap.status_code == 200
+    assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
