@@ -1,0 +1,368 @@
+"""Training loop: imbalance handling, AdamW + OneCycle/cosine, early stopping on val ROC AUC,
+best-checkpoint selection, temperature scaling + operating threshold, logs and curves."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ml.calibration import (
+    apply_temperature,
+    fit_temperature,
+    positive_score,
+    threshold_for_sensitivity,
+)
+from ml.data import TASK_CLASSES, CachedImageDataset, Record, split_by_patient, summarize
+from ml.evaluate import compute_metrics, full_report
+from ml.models import CamModel, arch_channels, build_model, count_parameters
+from ml.preprocess import normalize
+from ml.transforms import RadiographAugment
+
+# Radiographs are single-channel; for the custom 1-channel net we use dataset-level statistics
+# of the Kermany training images (rounded). torchvision nets get ImageNet statistics so that
+# --pretrained works unchanged.
+GRAY_MEAN, GRAY_STD = [0.48], [0.24]
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@dataclass
+class TrainConfig:
+    task: str = "binary"
+    arch: str = "pneumonet"
+    epochs: int = 20
+    input_size: int = 192
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    loss: str = "ce"  # "ce" | "focal"
+    focal_gamma: float = 2.0
+    class_weights: bool = True
+    label_smoothing: float = 0.0
+    schedule: str = "onecycle"  # "onecycle" | "cosine"
+    seed: int = 42
+    pretrained: bool = False
+    val_fraction: float = 0.15
+    operating_sensitivity: float = 0.95
+    patience: int = 6
+    hflip: bool = False
+    max_train_images: int | None = None  # subsample (seeded) for quick runs / comparisons
+    threads: int | None = 2
+    amp: bool = True  # only used on CUDA
+    device: str | None = None
+    init_from: str | None = None  # checkpoint whose trunk initialises this model
+    name: str | None = None
+    version: str = "1.0.0"
+    progress: bool = True
+    bootstrap: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    model: CamModel
+    meta: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss (Lin et al. 2017): down-weights easy, well-classified examples,
+    which dominate the loss when one class (pneumonia, ~3:1) is much more frequent."""
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.register_buffer("weight", weight if weight is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1)
+        logp_t = logp.gather(1, target[:, None])[:, 0]
+        p_t = logp_t.exp()
+        loss = -((1 - p_t) ** self.gamma) * logp_t
+        if self.weight is not None:
+            w = self.weight[target]
+            return (loss * w).sum() / w.sum()
+        return loss.mean()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: a few CUDA kernels have no deterministic variant; on CPU everything does.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def select_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def preprocessing_spec(arch: str, input_size: int) -> dict[str, Any]:
+    channels = arch_channels(arch)
+    mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    return {"input_size": int(input_size), "mean": list(mean), "std": list(std),
+            "channels": channels}
+
+
+@torch.inference_mode()
+def predict_logits(model: CamModel, ds: CachedImageDataset, spec: dict[str, Any],
+                   device: torch.device, batch_size: int = 128) -> torch.Tensor:
+    model.eval()
+    outs = []
+    for start in range(0, len(ds), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(ds)))
+        x, _ = ds.batch(idx)
+        x = normalize(x, spec["mean"], spec["std"], spec["channels"]).to(device)
+        _, logits = model(x)
+        outs.append(logits.float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0, len(ds.classes))
+
+
+def _plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
+    axes[0].plot(ep, [h["val_loss"] for h in history], label="val loss")
+    axes[0].set(xlabel="epoch", ylabel="loss")
+    axes[0].legend()
+    axes[1].plot(ep, [h["val_roc_auc"] for h in history], label="val ROC AUC")
+    axes[1].plot(ep, [h["val_accuracy"] for h in history], label="val accuracy (argmax)")
+    axes[1].set(xlabel="epoch", ylim=(0.5, 1.0))
+    axes[1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write_history(history: list[dict[str, float]], log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    with open(log_dir / "history.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    _plot_curves(history, log_dir / "curves.png")
+
+
+def _init_from(model: CamModel, path: str) -> list[str]:
+    """Copy every compatible tensor (same name and shape) from another checkpoint — e.g. the
+    binary model's trunk into the etiology model. Returns the names that were skipped."""
+    from ml.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(path)
+    own = model.state_dict()
+    skipped = [k for k, v in own.items() if k not in state or state[k].shape != v.shape]
+    own.update({k: state[k] for k in own if k not in skipped})
+    model.load_state_dict(own)
+    return skipped
+
+
+def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | None = None,
+          command: str | None = None, log: Callable[[str], None] | None = None,
+          datasets: tuple[CachedImageDataset, CachedImageDataset] | None = None,
+          ) -> TrainResult:
+    """Train ``cfg.arch`` on ``records`` (split by patient here) and return the best model
+    with its calibrated checkpoint metadata."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    t_start = time.time()
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    classes = TASK_CLASSES[cfg.task]
+    spec = preprocessing_spec(cfg.arch, cfg.input_size)
+
+    if datasets is None:
+        train_recs, val_recs = split_by_patient(records, cfg.val_fraction, cfg.seed)
+        if cfg.max_train_images and len(train_recs) > cfg.max_train_images:
+            rng = np.random.default_rng(cfg.seed)
+            keep = sorted(rng.choice(len(train_recs), cfg.max_train_images, replace=False))
+            train_recs = [train_recs[i] for i in keep]
+        log(f"decoding {len(train_recs)} train + {len(val_recs)} val images "
+            f"at {cfg.input_size}px ...")
+        train_ds = CachedImageDataset(train_recs, cfg.task, cfg.input_size, cfg.progress)
+        val_ds = CachedImageDataset(val_recs, cfg.task, cfg.input_size, cfg.progress)
+    else:
+        train_ds, val_ds = datasets
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ValueError("empty training or validation set")
+    for p, why in train_ds.skipped + val_ds.skipped:
+        log(f"skipped unreadable image {p}: {why}")
+    log(f"train {summarize(train_ds.records, cfg.task)}")
+    log(f"val   {summarize(val_ds.records, cfg.task)}")
+
+    model = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained).to(device)
+    if cfg.init_from:
+        skipped = _init_from(model, cfg.init_from)
+        log(f"initialised from {cfg.init_from} (re-initialised: {skipped})")
+    log(f"{cfg.arch}: {count_parameters(model) / 1e6:.2f} M parameters, device {device}")
+
+    counts = torch.bincount(train_ds.labels, minlength=len(classes)).float()
+    weight = None
+    if cfg.class_weights:
+        # "balanced" weights n / (k * n_c): every class contributes equally to the loss.
+        weight = (counts.sum() / (len(classes) * counts.clamp(min=1))).to(device)
+        log(f"class weights {dict(zip(classes, [round(w, 3) for w in weight.tolist()]))}")
+    if cfg.loss == "focal":
+        criterion: nn.Module = FocalLoss(cfg.focal_gamma, weight)
+    elif cfg.loss == "ce":
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    else:
+        raise ValueError(f"unknown loss {cfg.loss!r}")
+    criterion = criterion.to(device)
+
+    # No weight decay on BatchNorm/bias parameters (standard practice; decaying BN scales
+    # fights the normalisation).
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.schedule == "onecycle":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    augment = RadiographAugment(hflip_p=0.5 if cfg.hflip else 0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict[str, float]] = []
+    best_auc, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    val_labels = val_ds.labels.numpy()
+
+    from tqdm import tqdm
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0 = time.time()
+        perm = torch.randperm(len(train_ds), generator=gen)
+        running, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                   disable=not cfg.progress, leave=False, file=sys.stderr)
+        for step in bar:
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm needs >1 sample
+                continue
+            x, y = train_ds.batch(idx)
+            x = augment(x, generator=gen)
+            x = normalize(x, spec["mean"], spec["std"], spec["channels"])
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                _, logits = model(x)
+                loss = criterion(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            running += float(loss.item()) * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / max(seen, 1):.4f}")
+        bar.close()
+
+        val_logits = predict_logits(model, val_ds, spec, device)
+        val_loss = float(F.cross_entropy(val_logits, val_ds.labels).item())
+        probs = torch.softmax(val_logits, 1).numpy()
+        m = compute_metrics(probs, val_labels, classes, threshold=0.5)
+        argmax_acc = float((probs.argmax(1) == val_labels).mean())
+        row = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]),
+               "train_loss": running / max(seen, 1), "val_loss": val_loss,
+               "val_roc_auc": m["roc_auc"] or 0.0, "val_accuracy": argmax_acc,
+               "seconds": time.time() - t0}
+        if len(classes) > 2:
+            row["val_roc_auc_macro"] = m.get("roc_auc_macro_ovr") or 0.0
+        history.append(row)
+        # Selection metric: pneumonia-vs-normal ROC AUC (binary); for etiology the mean of that
+        # and the macro one-vs-rest AUC, so bacterial/viral separation also counts.
+        score = row["val_roc_auc"] if len(classes) == 2 else 0.5 * (
+            row["val_roc_auc"] + row["val_roc_auc_macro"])
+        improved = score > best_auc + 1e-4
+        if improved:
+            best_auc, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        log(f"epoch {epoch:3d} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
+            f"val_auc {row['val_roc_auc']:.4f} val_acc {argmax_acc:.4f} "
+            f"{'*' if improved else ' '} {row['seconds']:.0f}s")
+        if log_dir is not None:
+            _write_history(history, Path(log_dir))
+        if epoch - best_epoch >= cfg.patience:
+            log(f"early stopping: no val improvement for {cfg.patience} epochs")
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    val_logits = predict_logits(model, val_ds, spec, device)
+    temperature = fit_temperature(val_logits, val_ds.labels)
+    probs = apply_temperature(val_logits, temperature)
+    pos = val_labels != classes.index("normal")
+    threshold = threshold_for_sensitivity(positive_score(probs, classes), pos,
+                                          cfg.operating_sensitivity)
+    val_report = full_report(probs, val_labels, classes, threshold, n_boot=cfg.bootstrap,
+                             seed=cfg.seed)
+    val_report.pop("report", None)
+    train_seconds = time.time() - t_start
+    log(f"best epoch {best_epoch}; temperature {temperature:.3f}; threshold {threshold:.4f}")
+
+    meta: dict[str, Any] = {
+        "arch": cfg.arch,
+        "task": cfg.task,
+        "classes": classes,
+        "preprocessing": spec,
+        "threshold": threshold,
+        "temperature": temperature,
+        "operating_point": {
+            "target": "sensitivity",
+            "value": cfg.operating_sensitivity,
+            "positive": "pneumonia" if cfg.task == "binary" else "bacterial|viral",
+            "score": "P(pneumonia)" if cfg.task == "binary" else "1 - P(normal)",
+            "chosen_on": "validation split",
+        },
+        "data": {
+            "train": summarize(train_ds.records, cfg.task),
+            "val": summarize(val_ds.records, cfg.task),
+            "split": "by patient, stratified by label",
+            "split_seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+        },
+        "validation": val_report,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "history": history,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "progress")},
+        "name": cfg.name or f"pneumo-{cfg.task}",
+        "version": cfg.version,
+        "command": command or "",
+        "training_seconds": round(train_seconds, 1),
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "parameters": count_parameters(model),
+    }
+    return TrainResult(model=model.cpu(), meta=meta, history=history)
