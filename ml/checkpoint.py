@@ -47,8 +47,16 @@ def _plain(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
+    # Exact builtin types only: subclasses (e.g. torch.__version__ is a TorchVersion(str))
+    # would be pickled as their class and rejected by weights_only loading.
+    if obj is None or isinstance(obj, bool):
         return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, str):
+        return str(obj)
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint")
@@ -68,6 +76,12 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: Mapping[str,
     # Write to a temp file then rename, so a worker never loads a half-written checkpoint.
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
+    try:
+        # Fail at save time, not in production, if anything unsafe slipped into the payload.
+        torch.load(tmp, map_location="cpu", weights_only=True)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return path
 

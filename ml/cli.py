@@ -49,6 +49,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="model name (default pneumo-<task>)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for validation CIs")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -67,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         operating_sensitivity=args.operating_sensitivity, patience=args.patience,
         hflip=args.hflip, max_train_images=args.max_train_images, threads=args.threads,
         device=args.device, init_from=args.init_from, name=args.name, version=args.version,
-        progress=not args.no_progress,
+        progress=not args.no_progress, bootstrap=args.bootstrap,
     )
     out = Path(args.out)
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.stem}_train"

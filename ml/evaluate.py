@@ -250,3 +250,114 @@ def write_json(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint-level evaluation and site recalibration
+# --------------------------------------------------------------------------------------------
+
+
+def _eval_split(data: str | Path, split: str | None) -> str | tuple[str, ...] | None:
+    """With a train/val/test layout evaluate on ``split`` (default "test")."""
+    from ml.data import SPLIT_DIRS
+
+    root = Path(data)
+    if root.is_dir() and any((root / d).is_dir() for d in SPLIT_DIRS):
+        return split or ("test" if (root / "test").is_dir() else None)
+    return None
+
+
+def checkpoint_probs(checkpoint: str | Path, data: str | Path, split: str | None = None,
+                     batch_size: int = 64, device: str | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, list[str]]:
+    """(calibrated probs, raw logits, labels, predictor, skipped) over a labelled folder/CSV.
+
+    Images go through the serving path (decode_image -> to_model_tensor), not the training
+    cache, so this measures exactly what the product computes.
+    """
+    import torch
+
+    from ml.data import discover, label_index, task_records
+    from ml.predictor import Predictor
+    from ml.preprocess import ImageDecodeError
+
+    pred = Predictor.from_checkpoint(checkpoint, device=device)
+    records = task_records(discover(data, split=_eval_split(data, split)), pred.task)
+    if not records:
+        raise ValueError(f"no labelled images for task {pred.task!r} under {data}")
+    logits_all: list[torch.Tensor] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    for start in range(0, len(records), batch_size):
+        xs = []
+        for r in records[start:start + batch_size]:
+            try:
+                xs.append(pred.to_tensor(r.path))
+            except ImageDecodeError as exc:
+                skipped.append(f"{r.path}: {exc}")
+                continue
+            idx = label_index(r.label, pred.task)
+            assert idx is not None
+            labels.append(idx)
+        if xs:
+            with torch.inference_mode():
+                _, logits = pred.model(torch.stack(xs).to(pred.device))
+            logits_all.append(logits.float().cpu())
+    logits_t = torch.cat(logits_all)
+    probs = torch.softmax(logits_t / pred.temperature, dim=1).numpy()
+    return probs, logits_t.numpy(), np.asarray(labels), pred, skipped
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str | None = None,
+                        n_boot: int = 1000, plots_dir: str | Path | None = None,
+                        batch_size: int = 64, threshold: float | None = None,
+                        device: str | None = None) -> dict[str, Any]:
+    """Full metrics report of a checkpoint on labelled data at its stored threshold."""
+    probs, _, labels, pred, skipped = checkpoint_probs(checkpoint, data, split, batch_size,
+                                                       device)
+    thr = pred.threshold if threshold is None else float(threshold)
+    rep = compute_metrics(probs, labels, pred.classes, thr)
+    if n_boot > 0:
+        rep["ci95"] = bootstrap_ci(probs, labels, pred.classes, thr, n_boot=n_boot)
+    rep.update({"checkpoint": str(checkpoint), "model": pred.name, "version": pred.version,
+                "task": pred.task, "data": str(data), "skipped": skipped})
+    if plots_dir:
+        rep["plots"] = [str(p) for p in save_plots(probs, labels, pred.classes, thr, plots_dir)]
+    return rep
+
+
+def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path,
+                           sensitivity: float | None = None,
+                           fit_temperature_too: bool = True) -> dict[str, Any]:
+    """Refit temperature (optional) and the operating threshold on a site's labelled images
+    and write a new checkpoint; the weights are unchanged."""
+    import datetime as dt
+
+    from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
+    from ml.checkpoint import save_checkpoint
+
+    _, logits, labels, pred, skipped = checkpoint_probs(checkpoint, data)
+    meta = dict(pred.meta)
+    target = float(sensitivity if sensitivity is not None
+                   else (meta.get("operating_point") or {}).get("value", 0.95))
+    temperature = fit_temperature(logits, labels) if fit_temperature_too else pred.temperature
+    probs = apply_temperature(logits, temperature)
+    pos = labels != pred.classes.index("normal")
+    if pos.sum() == 0 or (~pos).sum() == 0:
+        raise ValueError("recalibration data must contain both normal and pneumonia images")
+    threshold = threshold_for_sensitivity(positive_score(probs, pred.classes), pos, target)
+    meta.update({
+        "threshold": threshold,
+        "temperature": temperature,
+        "operating_point": {**(meta.get("operating_point") or {}), "value": target,
+                            "chosen_on": f"site data {data}"},
+        "calibration": {"data": str(data), "n": int(len(labels)), "skipped": len(skipped),
+                        "previous_threshold": pred.threshold,
+                        "previous_temperature": pred.temperature,
+                        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                        "metrics": {k: v for k, v in compute_metrics(
+                            probs, labels, pred.classes, threshold).items() if k != "report"}},
+    })
+    meta.pop("created_at", None)
+    save_checkpoint(out, pred.model.cpu(), meta)
+    return meta

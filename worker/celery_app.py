@@ -8,7 +8,10 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.config.settings.local")
 
-# `include` imports the tasks (and so torch) only in worker processes; the web process sends
-# tasks by name and never loads the model.
+# `include` imports the tasks only in worker processes; the web process sends tasks by name.
+# worker.tasks itself imports neither torch nor the model: an inference worker's pool process
+# loads them after the fork (worker/signals.py), so CUDA is never initialised in a parent.
 app = Celery("pneumoscan", include=["worker.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
+
+from . import signals  # noqa: E402,F401  (connects the worker lifecycle handlers)

@@ -1,88 +1,237 @@
-"""Batched inference for one chunk of images: decode, one forward pass, store results."""
+"""Batched inference for one chunk of images: read and decode in parallel, one forward pass.
+
+A chunk goes through four steps:
+
+1. claim (one transaction): unfinished images become `processing`; finished ones are skipped;
+2. read + decode + preprocess every image on a thread pool (storage reads, Pillow/pydicom
+   and torch resizing release the GIL); a corrupt image fails alone, with the decoder's reason;
+3. one batched forward pass that yields the probabilities and the CAM heatmaps together
+   (plain CAM from the same features; see ml/cam.py), on CUDA with mixed precision and pinned
+   memory when the worker has a GPU, otherwise on the CPU;
+4. heatmap overlays rendered and written to storage on the thread pool (JPEG by default:
+   ~7 kB and ~0.2 ms instead of ~50 kB and ~50 ms for an optimised PNG), then all results and
+   failures of the chunk written in one transaction (`results_record_many`).
+
+The models are loaded once per worker process, after the fork (worker/signals.py), and kept
+in a module global; nothing here runs at import time.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import cache
+from typing import Any
+from uuid import UUID
 
 import numpy as np
 import torch
 from django.conf import settings
+from django.core.files.base import ContentFile
 
 from backend.studies import services
-from backend.studies.models import Image
+from backend.studies.models import Image, Result
 from ml.cam import overlay_png
-from ml.predictor import Predictor
+from ml.checkpoint import CheckpointError
+from ml.predictor import Prediction, Predictor
 from ml.preprocess import ImageDecodeError, decode_image, preprocess
 
 logger = logging.getLogger(__name__)
+
+HEATMAP_FORMATS = {"jpeg": "heatmap.jpg", "png": "heatmap.png"}
 
 
 @dataclass(frozen=True)
 class Models:
     binary: Predictor
     etiology: Predictor | None
+    device: torch.device
+    pid: int
 
 
-@cache
+@dataclass(frozen=True)
+class ChunkReport:
+    done: int
+    failed: int
+    skipped: int
+    seconds: float
+
+
+_models: Models | None = None
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def loaded_models() -> Models | None:
+    """The models of this process, or None when they were never loaded here."""
+    return _models
+
+
+def select_device() -> torch.device:
+    choice = settings.INFERENCE_DEVICE
+    if choice == "auto":
+        # Only ever called in a pool process (after the fork), never in a worker's parent.
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _cpu_threads() -> int:
+    return settings.INFERENCE_TORCH_THREADS or max(1, os.cpu_count() or 1)
+
+
 def load_models() -> Models:
     """Load the models once per worker process (never in the parent before a fork)."""
-    binary = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_BINARY)
-    try:
-        etiology = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_ETIOLOGY)
-    except FileNotFoundError:
-        logger.warning("No etiology checkpoint at %s", settings.MODEL_CHECKPOINT_ETIOLOGY)
+    global _models
+    with _lock:
+        if _models is not None and _models.pid == os.getpid():
+            return _models
+        started = time.perf_counter()
+        device = select_device()
+        if device.type == "cpu":
+            # ml.predictor reads this: one intra-op thread per core, the cores are ours.
+            os.environ.setdefault("PNEUMO_TORCH_THREADS", str(_cpu_threads()))
+        else:
+            torch.backends.cudnn.benchmark = True
+        binary = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_BINARY, device=device)
         etiology = None
-    return Models(binary=binary, etiology=etiology)
+        if os.path.exists(settings.MODEL_CHECKPOINT_ETIOLOGY):
+            etiology = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_ETIOLOGY,
+                                                 device=device)
+        else:
+            logger.warning("No etiology checkpoint at %s", settings.MODEL_CHECKPOINT_ETIOLOGY)
+        models = Models(binary=binary, etiology=etiology, device=device, pid=os.getpid())
+        _warm_up(models)
+        _models = models
+        logger.info(
+            "Loaded %s %s%s on %s (%d threads) in process %d in %.1f s",
+            binary.name, binary.version,
+            f" and {etiology.name} {etiology.version}" if etiology else "",
+            device, torch.get_num_threads(), os.getpid(), time.perf_counter() - started,
+        )
+        return models
 
 
-def _decode(image: Image) -> np.ndarray:
-    with image.file.open("rb") as handle:
-        return decode_image(handle.read()).pixels
+def _warm_up(models: Models) -> None:
+    """One dummy batch, so the first real image does not pay for lazy initialisation."""
+    for predictor, cam in ((models.binary, True), (models.etiology, False)):
+        if predictor is None:
+            continue
+        x = torch.zeros(2, predictor.channels, predictor.input_size, predictor.input_size)
+        _forward(models, predictor, x, with_cam=cam)
 
 
-def run_chunk(image_ids: list[str]) -> int:
-    """Process the images of a chunk that are not finished yet; returns how many got results."""
-    models = load_models()
-    images = services.images_claim(image_ids=image_ids)
-    if not images:
-        return 0
-    ready: list[tuple[Image, np.ndarray]] = []
-    for image in images:
-        try:
-            ready.append((image, _decode(image)))
-        except (ImageDecodeError, OSError) as exc:
-            services.image_fail(image_id=image.id, reason=f"Could not read the image: {exc}")
-    if not ready:
-        return 0
-    started = time.perf_counter()
-    batch = torch.stack([preprocess(pixels, models.binary.preprocessing) for _, pixels in ready])
-    predictions = models.binary.predict_tensors(batch, with_cam=True)
-    etiologies = [None] * len(ready)
+def executor() -> ThreadPoolExecutor:
+    """This process's I/O + decode thread pool (created lazily, so never before a fork)."""
+    global _executor
+    with _lock:
+        if _executor is None:
+            workers = settings.INFERENCE_IO_THREADS or max(4, os.cpu_count() or 1)
+            _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-io")
+        return _executor
+
+
+def _forward(models: Models, predictor: Predictor, batch: torch.Tensor,
+             with_cam: bool) -> list[Prediction]:
+    if models.device.type == "cuda":
+        batch = batch.pin_memory().to(models.device, non_blocking=True)
+        autocast: Any = torch.autocast("cuda", dtype=torch.float16)
+    else:
+        autocast = nullcontext()
+    with autocast:
+        return predictor.predict_tensors(batch, with_cam=with_cam)
+
+
+@dataclass
+class _Prepared:
+    image: Image
+    pixels: np.ndarray
+    binary_x: torch.Tensor
+    etiology_x: torch.Tensor | None
+
+
+def _prepare(image: Image, models: Models) -> _Prepared | str:
+    """Read, decode and preprocess one image; a string is the reason it cannot be read."""
+    try:
+        with image.file.open("rb") as handle:
+            data = handle.read()
+        pixels = decode_image(data).pixels
+    except ImageDecodeError as exc:
+        return f"Could not read the image: {exc}"
+    except FileNotFoundError:
+        return "Could not read the image: the stored file is missing."
+    binary_x = preprocess(pixels, models.binary.spec)
+    etiology_x = None
     if models.etiology is not None:
-        ebatch = torch.stack(
-            [preprocess(pixels, models.etiology.preprocessing) for _, pixels in ready]
-        )
-        etiologies = models.etiology.predict_tensors(ebatch, with_cam=False)
-    per_image_ms = (time.perf_counter() - started) * 1000 / len(ready)
-    for (image, pixels), pred, etio in zip(ready, predictions, etiologies, strict=True):
-        services.result_record(
-            image_id=image.id,
-            data=services.ResultData(
-                label=pred.label,
-                probabilities=pred.probabilities,
-                score=pred.score,
-                threshold=pred.threshold,
-                model_name=models.binary.name,
-                model_version=models.binary.version,
-                etiology_label=etio.label if etio else "",
-                etiology_probabilities=etio.probabilities if etio else {},
-                bbox=list(pred.bbox) if pred.bbox else None,
-                heatmap_png=overlay_png(pixels, pred.heatmap) if pred.heatmap is not None
-                else None,
-                inference_ms=per_image_ms,
-            ),
-        )
-    return len(ready)
+        etiology_x = (binary_x if models.etiology.spec == models.binary.spec
+                      else preprocess(pixels, models.etiology.spec))
+    return _Prepared(image, pixels, binary_x, etiology_x)
+
+
+def _render(item: _Prepared, pred: Prediction, etio: Prediction | None, models: Models,
+            inference_ms: float) -> Result:
+    """Build the image's Result and write its heatmap overlay to storage (thread pool)."""
+    result = Result(
+        image=item.image, label=pred.label, probabilities=pred.probabilities,
+        score=pred.score, threshold=pred.threshold, model_name=models.binary.name,
+        model_version=models.binary.version,
+        etiology_label=etio.label if etio else "",
+        etiology_probabilities=etio.probabilities if etio else {},
+        bbox=list(pred.bbox) if pred.bbox else None, inference_ms=inference_ms,
+    )
+    if pred.heatmap is not None:
+        fmt = settings.INFERENCE_HEATMAP_FORMAT
+        data = overlay_png(item.pixels, pred.heatmap, bbox=None, fmt=fmt)
+        result.heatmap.save(HEATMAP_FORMATS[fmt], ContentFile(data), save=False)
+    return result
+
+
+def run_chunk(image_ids: list[str]) -> ChunkReport:
+    """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing."""
+    started = time.perf_counter()
+    try:
+        models = load_models()
+    except (CheckpointError, FileNotFoundError) as exc:
+        logger.error("No model: %s", exc)
+        failed = services.images_fail_many(image_ids=image_ids,
+                                           reason=f"The model could not be loaded: {exc}")
+        return ChunkReport(done=0, failed=failed, skipped=len(image_ids) - failed,
+                           seconds=time.perf_counter() - started)
+    claim = services.chunk_claim(image_ids=image_ids,
+                                 max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
+    failures: dict[UUID, str] = {}
+    prepared: list[_Prepared] = []
+    pool = executor()
+    for image, outcome in zip(
+        claim.images, pool.map(lambda im: _prepare(im, models), claim.images), strict=True
+    ):
+        if isinstance(outcome, str):
+            failures[image.id] = outcome
+        else:
+            prepared.append(outcome)
+    results: list[Result] = []
+    if prepared:
+        forward_started = time.perf_counter()
+        preds = _forward(models, models.binary,
+                         torch.stack([p.binary_x for p in prepared]), with_cam=True)
+        etios: list[Prediction | None] = [None] * len(prepared)
+        if models.etiology is not None:
+            etios = list(_forward(models, models.etiology,
+                                  torch.stack([p.etiology_x for p in prepared]),  # type: ignore[misc]
+                                  with_cam=False))
+        per_image_ms = (time.perf_counter() - forward_started) * 1000 / len(prepared)
+        results = list(pool.map(
+            lambda args: _render(*args, models, per_image_ms),
+            zip(prepared, preds, etios, strict=True),
+        ))
+        del preds, etios
+    done = services.results_record_many(results=results, failures=failures)
+    skipped = len(image_ids) - len(claim.images) - len(claim.given_up)
+    report = ChunkReport(done=done, failed=len(failures) + len(claim.given_up),
+                         skipped=skipped, seconds=time.perf_counter() - started)
+    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s", len(image_ids),
+                report.done, report.failed, report.skipped, report.seconds)
+    return report

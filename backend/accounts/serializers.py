@@ -13,12 +13,17 @@ class SignupInputSerializer(serializers.Serializer):
 
 
 class CredentialsSerializer(serializers.Serializer):
-    username = serializers.CharField()
+    username = serializers.CharField(max_length=150)
     password = serializers.CharField(write_only=True, style={"input_type": "password"})
 
 
 class TokenOutputSerializer(serializers.Serializer):
     token = serializers.CharField()
+
+
+class PasswordChangeInputSerializer(serializers.Serializer):
+    old_password = serializers.CharField(write_only=True, style={"input_type": "password"})
+    new_password = serializers.CharField(write_only=True, style={"input_type": "password"})
 
 
 class MeSerializer(serializers.ModelSerializer):
@@ -27,3 +32,27 @@ class MeSerializer(serializers.ModelSerializer):
     class Meta:
         model = User
         fields = ["id", "username", "email", "hospital", "role"]
+
+
+class MemberCreateInputSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    password = serializers.CharField(write_only=True, style={"input_type": "password"})
+    email = serializers.EmailField(required=False, allow_blank=True, default="")
+    role = serializers.ChoiceField(choices=User.Role.choices, default=User.Role.CLINICIAN)
+
+
+class MemberUpdateInputSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=User.Role.choices, required=False)
+    is_active = serializers.BooleanField(required=False)
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    has_token = serializers.SerializerMethodField()
+
+    class Meta:
+        model = User
+        fields = ["id", "username", "email", "role", "is_active", "date_joined", "last_login",
+                  "has_token"]
+
+    def get_has_token(self, user: User) -> bool:
+        return hasattr(user, "auth_token")

@@ -8,4 +8,5 @@ urlpatterns = [
     path("login/", api.LoginApi.as_view(), name="auth-login"),
     path("logout/", api.LogoutApi.as_view(), name="auth-logout"),
     path("me/", api.MeApi.as_view(), name="auth-me"),
+    path("password/", api.PasswordChangeApi.as_view(), name="auth-password"),
 ]

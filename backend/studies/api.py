@@ -1,45 +1,58 @@
-"""Study endpoints: one thin view per operation."""
+"""Study endpoints: one thin view per operation, always scoped to the caller's hospital."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
-from django.http import FileResponse, Http404
-from drf_spectacular.utils import OpenApiTypes, extend_schema
-from rest_framework import status
+from django.http import FileResponse, Http404, HttpResponse
+from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import selectors, services
+from backend.accounts.permissions import HasHospital
+from backend.audit.models import AuditEvent
+from backend.audit.services import audit_record
+from ml.preprocess import ImageDecodeError
+
+from . import exports, previews, selectors, services
 from .serializers import (
     ImageSerializer,
+    StudyActionOutputSerializer,
     StudyCreateInputSerializer,
     StudyCreateOutputSerializer,
     StudyDetailSerializer,
+    StudyFilterSerializer,
     StudySerializer,
 )
 
+__all__ = ["HasHospital"]
 
-class HasHospital(BasePermission):
-    message = "Your account does not belong to a hospital."
+DETAIL = inline_serializer("Detail", {"detail": serializers.CharField()})
 
-    def has_permission(self, request: Request, view: object) -> bool:
-        return bool(request.user and request.user.is_authenticated and request.user.hospital_id)
+
+class StudyPagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 200
 
 
 class StudyListCreateApi(APIView):
     permission_classes = [HasHospital]
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(responses={200: StudySerializer(many=True)})
+    @extend_schema(parameters=[StudyFilterSerializer],
+                   responses={200: StudySerializer(many=True)})
     def get(self, request: Request) -> Response:
-        from rest_framework.pagination import PageNumberPagination
-
-        paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(selectors.study_list(user=request.user), request)
+        filters = StudyFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        params = {k: v for k, v in filters.validated_data.items() if k != "page"}
+        paginator = StudyPagination()
+        page = paginator.paginate_queryset(
+            selectors.study_list(user=request.user, **params), request, view=self
+        )
         return paginator.get_paginated_response(StudySerializer(page, many=True).data)
 
     @extend_schema(
@@ -66,6 +79,12 @@ class StudyListCreateApi(APIView):
         study = None
         if outcome.study is not None:
             study = selectors.study_get(user=request.user, study_id=outcome.study.id)
+            audit_record(
+                action=AuditEvent.Action.STUDY_UPLOADED, user=request.user, request=request,
+                object_type="study", object_id=study.id,
+                detail={"accepted": len(outcome.accepted), "rejected": len(outcome.rejected),
+                        "files": [i.original_name for i in outcome.accepted][:100]},
+            )
         body = StudyCreateOutputSerializer(
             {"study": study, "accepted": outcome.accepted, "rejected": outcome.rejected}
         ).data
@@ -80,6 +99,8 @@ class StudyDetailApi(APIView):
     def get(self, request: Request, study_id: UUID) -> Response:
         study = selectors.study_get(user=request.user, study_id=study_id)
         images = selectors.study_images(study=study)
+        audit_record(action=AuditEvent.Action.STUDY_VIEWED, user=request.user,
+                     request=request, object_type="study", object_id=study.id)
         return Response(StudyDetailSerializer(study, context={"images": images}).data)
 
 
@@ -92,6 +113,90 @@ class StudyImagesApi(APIView):
         return Response(ImageSerializer(selectors.study_images(study=study), many=True).data)
 
 
+def _action_response(request: Request, study_id: UUID, changed: int) -> Response:
+    study = selectors.study_get(user=request.user, study_id=study_id)
+    return Response(StudyActionOutputSerializer(
+        {"study": study, "images_changed": changed}).data)
+
+
+class StudyCancelApi(APIView):
+    """Cancel a queued or processing study: its queued images are not processed."""
+
+    permission_classes = [HasHospital]
+
+    @extend_schema(request=None, responses={
+        200: StudyActionOutputSerializer,
+        409: OpenApiResponse(DETAIL, description="The study is already finished."),
+    })
+    def post(self, request: Request, study_id: UUID) -> Response:
+        study = selectors.study_get(user=request.user, study_id=study_id)
+        try:
+            changed = services.study_cancel(study_id=study.id)
+        except services.StudyStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        audit_record(action=AuditEvent.Action.STUDY_CANCELLED, user=request.user,
+                     request=request, object_type="study", object_id=study.id,
+                     detail={"images_cancelled": changed})
+        return _action_response(request, study.id, changed)
+
+
+class StudyRetryApi(APIView):
+    """Requeue the study's failed images."""
+
+    permission_classes = [HasHospital]
+
+    @extend_schema(request=None, responses={
+        200: StudyActionOutputSerializer,
+        409: OpenApiResponse(DETAIL, description="No failed images to retry."),
+    })
+    def post(self, request: Request, study_id: UUID) -> Response:
+        study = selectors.study_get(user=request.user, study_id=study_id)
+        try:
+            changed = services.study_retry(study_id=study.id)
+        except services.StudyStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        audit_record(action=AuditEvent.Action.STUDY_RETRIED, user=request.user,
+                     request=request, object_type="study", object_id=study.id,
+                     detail={"images_requeued": changed})
+        return _action_response(request, study.id, changed)
+
+
+def _export(request: Request, study_id: UUID, fmt: str) -> HttpResponse:
+    study = selectors.study_get(user=request.user, study_id=study_id)
+    images = selectors.study_images(study=study)
+    audit_record(action=AuditEvent.Action.STUDY_EXPORTED, user=request.user, request=request,
+                 object_type="study", object_id=study.id, detail={"format": fmt})
+    if fmt == "csv":
+        content, content_type = exports.to_csv(study, images), "text/csv; charset=utf-8"
+    else:
+        content, content_type = exports.to_json(study, images), "application/json"
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="study-{study.id}.{fmt}"'
+    return response
+
+
+class StudyExportCsvApi(APIView):
+    permission_classes = [HasHospital]
+
+    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.STR})
+    def get(self, request: Request, study_id: UUID) -> HttpResponse:
+        return _export(request, study_id, "csv")
+
+
+class StudyExportJsonApi(APIView):
+    permission_classes = [HasHospital]
+
+    @extend_schema(responses={(200, "application/json"): OpenApiTypes.OBJECT})
+    def get(self, request: Request, study_id: UUID) -> HttpResponse:
+        return _export(request, study_id, "json")
+
+
+def _private(response: FileResponse) -> FileResponse:
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 class ImageFileApi(APIView):
     """The uploaded file, streamed only to members of the owning hospital."""
 
@@ -100,7 +205,30 @@ class ImageFileApi(APIView):
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, image_id: UUID) -> FileResponse:
         image = selectors.image_get(user=request.user, image_id=image_id)
-        return FileResponse(image.file.open("rb"), filename=image.original_name)
+        audit_record(action=AuditEvent.Action.IMAGE_DOWNLOADED, user=request.user,
+                     request=request, object_type="image", object_id=image.id,
+                     detail={"study_id": str(image.study_id)})
+        return _private(FileResponse(image.file.open("rb"), as_attachment=True,
+                                     filename=image.original_name.rsplit("/", 1)[-1],
+                                     content_type="application/octet-stream"))
+
+
+class ImagePreviewApi(APIView):
+    """A PNG rendering of the image (browsers cannot show DICOM), cached in storage."""
+
+    permission_classes = [HasHospital]
+
+    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
+    def get(self, request: Request, image_id: UUID) -> FileResponse:
+        from django.core.files.storage import default_storage
+
+        image = selectors.image_get(user=request.user, image_id=image_id)
+        try:
+            path = previews.preview_get_or_create(image)
+        except (ImageDecodeError, OSError) as exc:
+            raise Http404(f"No preview for this image: {exc}") from exc
+        return _private(FileResponse(default_storage.open(path, "rb"),
+                                     content_type="image/png"))
 
 
 class ImageHeatmapApi(APIView):
@@ -112,4 +240,4 @@ class ImageHeatmapApi(APIView):
         result = getattr(image, "result", None)
         if result is None or not result.heatmap:
             raise Http404("No heatmap for this image.")
-        return FileResponse(result.heatmap.open("rb"), content_type="image/png")
+        return _private(FileResponse(result.heatmap.open("rb"), content_type="image/png"))

@@ -77,6 +77,8 @@ class Image(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     # Warnings a clinician must see next to the result (non-chest, adult, ...).
     flags = models.JSONField(default=list, blank=True)
+    # Remarks about the upload itself (e.g. a PNG named .dcm, accepted by its content).
+    notes = models.JSONField(default=list, blank=True)
     # The DICOM attributes needed to match a result to an exam, and nothing more.
     study_instance_uid = models.CharField(max_length=64, blank=True, default="")
     sop_instance_uid = models.CharField(max_length=64, blank=True, default="")

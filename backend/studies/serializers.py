@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import datetime as dt
+
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .models import Image, Study
@@ -8,13 +14,60 @@ from .models import Image, Study
 
 class StudyCreateInputSerializer(serializers.Serializer):
     files = serializers.ListField(
-        child=serializers.FileField(allow_empty_file=True), allow_empty=False
+        child=serializers.FileField(allow_empty_file=True), allow_empty=False,
+        help_text="JPEG, PNG, DICOM files or ZIP archives of them; repeat the field.",
     )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     accession_number = serializers.CharField(
         max_length=64, required=False, allow_blank=True, default=""
     )
     priority = serializers.ChoiceField(choices=Study.Priority.choices, default="routine")
+
+
+@extend_schema_field(OpenApiTypes.DATETIME)
+class DateOrDateTimeField(serializers.Field):
+    """An ISO date-time, or a date (taken as the start of that day, UTC; `end_of_day` for an
+    inclusive upper bound)."""
+
+    def __init__(self, *, end_of_day: bool = False, **kwargs: object) -> None:
+        self.end_of_day = end_of_day
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: object) -> dt.datetime:
+        text = str(data).strip()
+        try:
+            # A bare date first: Python's ISO parser would read it as midnight.
+            day = parse_date(text) if len(text) == 10 else None
+            if day is not None:
+                value = dt.datetime.combine(day, dt.time.min)
+                if self.end_of_day:
+                    value += dt.timedelta(days=1)
+            else:
+                value = parse_datetime(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise serializers.ValidationError("Expected an ISO date (2026-11-22) or date-time.")
+        if timezone.is_naive(value):
+            value = timezone.make_aware(value, dt.UTC)
+        return value
+
+    def to_representation(self, value: dt.datetime) -> str:
+        return value.isoformat()
+
+
+class StudyFilterSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Study.Status.choices, required=False)
+    priority = serializers.ChoiceField(choices=Study.Priority.choices, required=False)
+    search = serializers.CharField(max_length=200, required=False,
+                                   help_text="Part of the study name or an accession number.")
+    created_after = DateOrDateTimeField(required=False,
+                                        help_text="Created at or after (ISO date or date-time).")
+    created_before = DateOrDateTimeField(
+        required=False, end_of_day=True,
+        help_text="Created before this date-time; a date includes that whole day.",
+    )
+    page = serializers.IntegerField(min_value=1, required=False)
 
 
 class RejectionSerializer(serializers.Serializer):
@@ -37,17 +90,21 @@ class ResultSerializer(serializers.Serializer):
 class ImageSerializer(serializers.ModelSerializer):
     result = serializers.SerializerMethodField()
     file_url = serializers.SerializerMethodField()
+    preview_url = serializers.SerializerMethodField()
     heatmap_url = serializers.SerializerMethodField()
+    flags = serializers.ListField(child=serializers.CharField(), read_only=True)
+    notes = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Image
         fields = [
             "id", "original_name", "status", "error", "format", "width", "height", "flags",
-            "modality", "view_position", "body_part", "patient_age", "patient_sex",
+            "notes", "modality", "view_position", "body_part", "patient_age", "patient_sex",
             "study_instance_uid", "sop_instance_uid", "dicom_accession_number",
-            "result", "file_url", "heatmap_url", "created_at", "finished_at",
+            "result", "file_url", "preview_url", "heatmap_url", "created_at", "finished_at",
         ]
 
+    @extend_schema_field(ResultSerializer(allow_null=True))
     def get_result(self, image: Image) -> dict | None:
         result = getattr(image, "result", None)
         return ResultSerializer(result).data if result is not None else None
@@ -55,11 +112,21 @@ class ImageSerializer(serializers.ModelSerializer):
     def get_file_url(self, image: Image) -> str:
         return reverse("image-file", kwargs={"image_id": image.id})
 
+    def get_preview_url(self, image: Image) -> str:
+        return reverse("image-preview", kwargs={"image_id": image.id})
+
     def get_heatmap_url(self, image: Image) -> str | None:
         result = getattr(image, "result", None)
         if result is None or not result.heatmap:
             return None
         return reverse("image-heatmap", kwargs={"image_id": image.id})
+
+
+class ProgressSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    pneumonia = serializers.IntegerField()
 
 
 class StudySerializer(serializers.ModelSerializer):
@@ -72,6 +139,7 @@ class StudySerializer(serializers.ModelSerializer):
             "created_at", "finished_at",
         ]
 
+    @extend_schema_field(ProgressSerializer)
     def get_progress(self, study: Study) -> dict[str, int]:
         return {
             "total": getattr(study, "n_total", 0),
@@ -87,6 +155,7 @@ class StudyDetailSerializer(StudySerializer):
     class Meta(StudySerializer.Meta):
         fields = [*StudySerializer.Meta.fields, "images"]
 
+    @extend_schema_field(ImageSerializer(many=True))
     def get_images(self, study: Study) -> list[dict]:
         return ImageSerializer(self.context["images"], many=True).data
 
@@ -95,3 +164,8 @@ class StudyCreateOutputSerializer(serializers.Serializer):
     study = StudySerializer(allow_null=True)
     accepted = ImageSerializer(many=True)
     rejected = RejectionSerializer(many=True)
+
+
+class StudyActionOutputSerializer(serializers.Serializer):
+    study = StudySerializer()
+    images_changed = serializers.IntegerField()

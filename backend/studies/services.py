@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from uuid import UUID
 
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from backend.accounts.models import User
+from backend.accounts.models import Hospital, User
 
-from .ingest import InspectedFile, Rejection, inspect_file
+from .ingest import InspectedFile, Rejection, ZipLimits, expand_zip, inspect_file, is_zip
 from .models import Image, Result, Study
 
 logger = logging.getLogger(__name__)
 
 INFER_TASK = "worker.tasks.infer_images"
+WEBHOOK_TASK = "worker.tasks.deliver_webhook"
+FINISHED_STATUSES = (
+    Study.Status.DONE, Study.Status.DONE_WITH_ERRORS, Study.Status.FAILED,
+    Study.Status.CANCELLED,
+)
+
+
+class StudyStateError(Exception):
+    """The study is not in a state that allows the operation; the message is user-facing."""
 
 
 @dataclass
@@ -31,27 +42,72 @@ class StudyCreateOutcome:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def _inspect_uploads(
-    uploads: Iterable[UploadedFile],
-) -> tuple[list[InspectedFile], list[Rejection]]:
-    accepted: list[InspectedFile] = []
+def _zip_limits() -> ZipLimits:
+    return ZipLimits(
+        max_entries=settings.MAX_ZIP_ENTRIES,
+        max_total_bytes=settings.MAX_ZIP_UNCOMPRESSED_BYTES,
+        max_ratio=settings.MAX_ZIP_RATIO,
+        max_entry_bytes=settings.MAX_UPLOAD_FILE_BYTES,
+    )
+
+
+def _candidates(uploads: Iterable[UploadedFile]) -> Iterator[tuple[str, bytes] | Rejection]:
+    """Each uploaded file, or each member of an uploaded ZIP archive, one at a time."""
+    limit = settings.MAX_UPLOAD_FILE_BYTES
+    for upload in uploads:
+        name = (upload.name or "unnamed")[:300]
+        upload.seek(0)
+        head = upload.read(4)
+        upload.seek(0)
+        if is_zip(name, head):
+            if upload.size is not None and upload.size > settings.MAX_ZIP_UNCOMPRESSED_BYTES:
+                yield Rejection(name, "The archive is larger than the limit of "
+                                      f"{settings.MAX_ZIP_UNCOMPRESSED_BYTES} bytes.")
+                continue
+            # The archive is read in place (a temporary file for large uploads), never whole.
+            yield from expand_zip(name, upload.file, limits=_zip_limits())
+            continue
+        if upload.size is not None and upload.size > limit:
+            yield Rejection(name, f"The file is larger than the upload limit of {limit} bytes.")
+            continue
+        yield name, upload.read(limit + 1)
+
+
+def _inspect_and_store(
+    uploads: Iterable[UploadedFile], *, study_id: UUID
+) -> tuple[list[tuple[InspectedFile, str]], list[Rejection]]:
+    """Decode every candidate and store each valid one at once, so memory holds one file."""
+    accepted: list[tuple[InspectedFile, str]] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
-    for upload in uploads:
-        name = upload.name or "unnamed"
-        if upload.size is not None and upload.size > settings.MAX_UPLOAD_FILE_BYTES:
-            rejected.append(Rejection(name, "The file is larger than the upload limit of "
-                                            f"{settings.MAX_UPLOAD_FILE_BYTES} bytes."))
+    for candidate in _candidates(uploads):
+        if isinstance(candidate, Rejection):
+            rejected.append(candidate)
             continue
-        outcome = inspect_file(name, upload.read(), max_bytes=settings.MAX_UPLOAD_FILE_BYTES)
+        name, data = candidate
+        if len(accepted) >= settings.MAX_FILES_PER_STUDY:
+            rejected.append(Rejection(name, "A study holds at most "
+                                            f"{settings.MAX_FILES_PER_STUDY} files."))
+            continue
+        outcome = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
         elif outcome.sha256 in seen:
-            rejected.append(Rejection(name, "Duplicate of another file in this study."))
+            rejected.append(Rejection(name, "Duplicate of another file in this study "
+                                            "(same SHA-256)."))
         else:
             seen.add(outcome.sha256)
-            accepted.append(outcome)
+            # Random names: the uploaded name is user input and is kept only as metadata.
+            stored = default_storage.save(
+                f"studies/{study_id}/images/{uuid.uuid4().hex}", ContentFile(outcome.data)
+            )
+            accepted.append((_without_data(outcome), stored))
     return accepted, rejected
+
+
+def _without_data(item: InspectedFile) -> InspectedFile:
+    """The inspection minus the file bytes (already stored), so they can be freed."""
+    return replace(item, data=b"", size=len(item.data))
 
 
 def study_create(
@@ -69,29 +125,76 @@ def study_create(
     if len(uploads) > settings.MAX_FILES_PER_STUDY:
         return StudyCreateOutcome(
             study=None,
-            rejected=[Rejection("*", f"A study holds at most {settings.MAX_FILES_PER_STUDY} files.")],
+            rejected=[Rejection("*", f"A study holds at most {settings.MAX_FILES_PER_STUDY} "
+                                     f"files; {len(uploads)} were sent.")],
         )
-    inspected, rejected = _inspect_uploads(uploads)
-    if not inspected:
-        return StudyCreateOutcome(study=None, rejected=rejected)
-    with transaction.atomic():
-        study = Study.objects.create(
-            hospital=user.hospital, created_by=user, name=name,
-            accession_number=accession_number, priority=priority,
-        )
-        images = []
-        for item in inspected:
-            image = Image(
-                study=study, original_name=item.name[:500], sha256=item.sha256,
-                size_bytes=len(item.data), format=item.format, width=item.width,
-                height=item.height, flags=item.flags, **item.fields,
+    study_id = uuid.uuid4()
+    stored: list[str] = []
+    try:
+        inspected, rejected = _inspect_and_store(uploads, study_id=study_id)
+        stored = [path for _, path in inspected]
+        if not inspected:
+            return StudyCreateOutcome(study=None, rejected=rejected)
+        with transaction.atomic():
+            study = Study.objects.create(
+                id=study_id, hospital=user.hospital, created_by=user, name=name,
+                accession_number=accession_number, priority=priority,
             )
-            image.file.save(item.name, ContentFile(item.data), save=False)
-            image.save()
-            images.append(image)
-        study_id = study.id
-        transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+            images = Image.objects.bulk_create([
+                Image(
+                    study=study, file=path, original_name=item.name[:500], sha256=item.sha256,
+                    size_bytes=item.size, format=item.format,
+                    width=item.width, height=item.height, flags=item.flags, notes=item.notes,
+                    **item.fields,
+                )
+                for item, path in inspected
+            ])
+            transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+    except BaseException:
+        for path in stored:
+            default_storage.delete(path)
+        raise
     return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
+
+
+def study_cancel(*, study_id: UUID) -> int:
+    """Cancel the study's queued images; images already being processed finish normally."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(id=study_id)
+        if study.status not in (Study.Status.QUEUED, Study.Status.PROCESSING):
+            raise StudyStateError(f"A {study.status} study cannot be cancelled; only queued "
+                                  "or processing studies can.")
+        cancelled = study.images.filter(status=Image.Status.QUEUED).update(
+            status=Image.Status.CANCELLED, error="Cancelled by a user.",
+            finished_at=timezone.now(),
+        )
+    study_refresh_status(study_id=study_id)
+    return cancelled
+
+
+def study_retry(*, study_id: UUID) -> int:
+    """Put the study's failed images back in the queue; they are sent after commit."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(id=study_id)
+        failed = study.images.filter(status=Image.Status.FAILED)
+        # A user's retry gets a fresh attempts budget (the worker gives up after N claims).
+        retried = failed.update(status=Image.Status.QUEUED, error="", started_at=None,
+                                finished_at=None, attempts=0)
+        if not retried:
+            raise StudyStateError("This study has no failed images to retry.")
+        transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+    study_refresh_status(study_id=study_id)
+    return retried
+
+
+def webhook_enqueue(*, study_id: UUID) -> None:
+    """Send the finished study's webhook task; a broker outage must not break the caller."""
+    from worker.celery_app import app
+
+    try:
+        app.send_task(WEBHOOK_TASK, args=[str(study_id)], queue="default")
+    except Exception:
+        logger.exception("Could not queue the webhook for study %s", study_id)
 
 
 def study_enqueue(*, study_id: UUID) -> int:
@@ -212,7 +315,178 @@ def study_refresh_status(*, study_id: UUID) -> Study:
         status = derive_study_status(agg, total)
         if status != study.status:
             study.status = status
-            finished = status not in (Study.Status.QUEUED, Study.Status.PROCESSING)
+            finished = status in FINISHED_STATUSES
             study.finished_at = timezone.now() if finished else None
             study.save(update_fields=["status", "finished_at", "updated_at"])
+            if finished and Hospital.objects.filter(
+                id=study.hospital_id
+            ).exclude(webhook_url="").exists():
+                transaction.on_commit(lambda: webhook_enqueue(study_id=study_id))
     return study
+
+
+# --- Inference worker (owned by the worker fleet: batched writes, sweep) -----------------------
+
+
+@dataclass
+class ClaimedChunk:
+    images: list[Image]  # to process now (status processing)
+    given_up: list[UUID]  # failed here: claimed too often without ever getting a result
+
+
+def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int) -> ClaimedChunk:
+    """Claim a chunk's unfinished images for processing, in one transaction.
+
+    Finished images are skipped (a redelivered or repeated task does no work twice); images
+    left in processing by a dead worker are taken again, but an image already claimed
+    `max_attempts` times is failed instead, so a chunk that kills its worker cannot loop.
+    """
+    now = timezone.now()
+    given_up: list[UUID] = []
+    with transaction.atomic():
+        images = list(
+            Image.objects.select_for_update(of=("self",))
+            .select_related("study")
+            .filter(id__in=image_ids, status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
+            .order_by("id")
+        )
+        todo: list[Image] = []
+        for image in images:
+            if image.attempts >= max_attempts:
+                image.status = Image.Status.FAILED
+                image.error = (f"Gave up after {image.attempts} attempts: the worker processing "
+                               "this image stopped each time.")
+                image.finished_at = now
+                given_up.append(image.id)
+            else:
+                image.status = Image.Status.PROCESSING
+                image.started_at = now
+                image.attempts += 1
+                todo.append(image)
+        Image.objects.bulk_update(images, ["status", "started_at", "attempts", "error",
+                                           "finished_at"])
+    for study_id in sorted({image.study_id for image in images}):
+        study_refresh_status(study_id=study_id)
+    return ClaimedChunk(images=todo, given_up=given_up)
+
+
+def results_record_many(
+    *, results: Sequence[Result], failures: dict[UUID, str] | None = None
+) -> int:
+    """Store a chunk's results and per-image failures in one transaction; returns results stored.
+
+    `results` are unsaved Result objects (heatmap files already written). Images finished
+    meanwhile (a duplicate delivery won the race) keep their first result: the later one is
+    dropped and its heatmap file deleted, so repeats never duplicate results or counts.
+    """
+    failures = failures or {}
+    ids = [r.image_id for r in results] + list(failures)
+    if not ids:
+        return 0
+    now = timezone.now()
+    with transaction.atomic():
+        open_images = {
+            image.id: image for image in Image.objects.select_for_update()
+            .filter(id__in=ids).exclude(status__in=Image.FINAL_STATUSES).order_by("id")
+        }
+        fresh = [r for r in results if r.image_id in open_images]
+        Result.objects.bulk_create(fresh, ignore_conflicts=True)
+        changed = []
+        for result in fresh:
+            image = open_images[result.image_id]
+            image.status, image.error, image.finished_at = Image.Status.DONE, "", now
+            changed.append(image)
+        for image_id, reason in failures.items():
+            if image_id in open_images:
+                image = open_images[image_id]
+                image.status, image.error, image.finished_at = (
+                    Image.Status.FAILED, reason[:2000], now)
+                changed.append(image)
+        Image.objects.bulk_update(changed, ["status", "error", "finished_at"])
+    for stale in (r for r in results if r.image_id not in open_images):
+        if stale.heatmap:
+            stale.heatmap.delete(save=False)
+    for study_id in sorted({image.study_id for image in changed}):
+        study_refresh_status(study_id=study_id)
+    return len(fresh)
+
+
+def images_fail_many(*, image_ids: Sequence[str | UUID], reason: str) -> int:
+    """Fail the unfinished images among `image_ids` with one reason (e.g. a time limit)."""
+    with transaction.atomic():
+        images = list(
+            Image.objects.select_for_update().filter(id__in=image_ids)
+            .exclude(status__in=Image.FINAL_STATUSES).order_by("id")
+        )
+        now = timezone.now()
+        for image in images:
+            image.status, image.error, image.finished_at = Image.Status.FAILED, reason[:2000], now
+        Image.objects.bulk_update(images, ["status", "error", "finished_at"])
+    for study_id in sorted({image.study_id for image in images}):
+        study_refresh_status(study_id=study_id)
+    return len(images)
+
+
+def images_send(*, image_ids: Sequence[str | UUID]) -> int:
+    """Send images (of any studies) to the inference queue in chunks, at their study's priority."""
+    from worker.celery_app import app
+
+    by_priority: dict[int, list[str]] = {}
+    rows = (Image.objects.filter(id__in=image_ids).order_by("study_id", "created_at")
+            .values_list("id", "study__priority"))
+    for pk, study_priority in rows:
+        priority = 0 if study_priority == Study.Priority.URGENT else 5
+        by_priority.setdefault(priority, []).append(str(pk))
+    size = settings.INFERENCE_CHUNK_SIZE
+    sent = 0
+    for priority, ids in sorted(by_priority.items()):
+        for i in range(0, len(ids), size):
+            app.send_task(INFER_TASK, args=[ids[i:i + size]], queue="inference",
+                          priority=priority)
+            sent += 1
+    return sent
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    stuck_processing: int
+    lost_queued: int
+
+
+def images_requeue_stuck(
+    *, processing_deadline_s: float, queued_deadline_s: float, inference_queue_empty: bool
+) -> SweepOutcome:
+    """Requeue images a dead worker left in `processing` past the deadline.
+
+    Queued images older than `queued_deadline_s` are requeued too, but only when the inference
+    queue is empty (their message was lost, e.g. Redis restarted without persistence). Sending
+    an image twice is harmless: the worker skips finished images.
+    """
+    now = timezone.now()
+    stuck = list(
+        Image.objects.filter(
+            status=Image.Status.PROCESSING,
+            started_at__lt=now - timezone.timedelta(seconds=processing_deadline_s),
+        ).values_list("id", flat=True)[:5000]
+    )
+    lost: list[UUID] = []
+    if inference_queue_empty:
+        lost = list(
+            Image.objects.filter(
+                status=Image.Status.QUEUED,
+                created_at__lt=now - timezone.timedelta(seconds=queued_deadline_s),
+            ).values_list("id", flat=True)[:5000]
+        )
+    if stuck:
+        # Back to queued so the study shows it is waiting again; started_at marks the requeue.
+        Image.objects.filter(id__in=stuck, status=Image.Status.PROCESSING).update(
+            status=Image.Status.QUEUED, started_at=now)
+        for study_id in set(Image.objects.filter(id__in=stuck)
+                            .values_list("study_id", flat=True)):
+            study_refresh_status(study_id=study_id)
+        logger.warning("Requeued %d images stuck in processing", len(stuck))
+    if lost:
+        logger.warning("Requeued %d queued images whose message was lost", len(lost))
+    if stuck or lost:
+        images_send(image_ids=[*stuck, *lost])
+    return SweepOutcome(stuck_processing=len(stuck), lost_queued=len(lost))

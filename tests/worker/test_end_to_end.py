@@ -25,10 +25,11 @@ def upload(api: Any, paths: list[Path]) -> Any:
 def test_uploaded_xray_is_classified_by_a_real_worker(
     celery_worker_process: Any, api: Any, xray_paths: list[Path]
 ) -> None:
-    from ml.checkpoint import load_checkpoint
     from django.conf import settings
 
-    classes = load_checkpoint(settings.MODEL_CHECKPOINT_BINARY)["classes"]
+    from ml.checkpoint import load_checkpoint
+
+    classes = load_checkpoint(settings.MODEL_CHECKPOINT_BINARY)[1]["classes"]
     response = upload(api, xray_paths[:1])
     assert response.status_code == 201, response.content
     study_id = response.json()["study"]["id"]
@@ -40,12 +41,13 @@ def test_uploaded_xray_is_classified_by_a_real_worker(
 
     body = wait_for(finished, timeout=120)
     assert body["status"] == "done", body
-    assert body["progress"] == {"total": 1, "done": 1, "failed": 0,
-                                "pneumonia": int(body["images"][0]["result"]["label"] == "pneumonia")}
+    positive = int(body["images"][0]["result"]["label"] == "pneumonia")
+    assert body["progress"] == {"total": 1, "done": 1, "failed": 0, "pneumonia": positive}
     result = body["images"][0]["result"]
     assert math.isclose(sum(result["probabilities"].values()), 1.0, abs_tol=1e-4)
     assert result["label"] in classes
     assert result["model_name"] and result["model_version"]
     heatmap = api.get(body["images"][0]["heatmap_url"])
     assert heatmap.status_code == 200
-    assert b"".join(heatmap.streaming_content).startswith(b"\x89PNG")
+    # A compressed overlay: JPEG by default (INFERENCE_HEATMAP_FORMAT), PNG when configured.
+    assert b"".join(heatmap.streaming_content)[:4] in (b"\xff\xd8\xff\xe0", b"\x89PNG")

@@ -38,6 +38,13 @@ MODEL_CHECKPOINT_ETIOLOGY: str = env.str(
 )
 MAX_UPLOAD_FILE_BYTES: int = env.int("MAX_UPLOAD_FILE_BYTES", default=64 * 1024 * 1024)
 MAX_FILES_PER_STUDY: int = env.int("MAX_FILES_PER_STUDY", default=1000)
+# ZIP archives in an upload: caps on what one archive may expand to (see docs/api.md).
+MAX_ZIP_ENTRIES: int = env.int("MAX_ZIP_ENTRIES", default=1000)
+MAX_ZIP_UNCOMPRESSED_BYTES: int = env.int("MAX_ZIP_UNCOMPRESSED_BYTES", default=2 * 1024**3)
+MAX_ZIP_RATIO: int = env.int("MAX_ZIP_RATIO", default=100)
+# Failed-login lockout and request rate of the login, token and sign-up endpoints.
+AUTH_RATE: str = env.str("AUTH_RATE", default="20/m")
+LOGIN_FAILURE_RATE: str = env.str("LOGIN_FAILURE_RATE", default="5/15m")
 INFERENCE_CHUNK_SIZE: int = env.int("INFERENCE_CHUNK_SIZE", default=16)
 CELERY_TASK_ALWAYS_EAGER: bool = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
@@ -57,6 +64,7 @@ INSTALLED_APPS = [
     "backend.accounts",
     "backend.studies",
     "backend.core",
+    "backend.audit",
 ]
 
 MIDDLEWARE = [
@@ -114,7 +122,9 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-DATA_UPLOAD_MAX_NUMBER_FILES = MAX_FILES_PER_STUDY
+# Django's own guard sits a little above ours so that our per-study limit answers with a
+# readable reason; past it Django refuses the request outright.
+DATA_UPLOAD_MAX_NUMBER_FILES = MAX_FILES_PER_STUDY + 10
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
 REST_FRAMEWORK = {
@@ -126,32 +136,123 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
+    # Throttle history lives in the cache (Redis), shared by every web process.
+    "DEFAULT_THROTTLE_RATES": {"auth": AUTH_RATE, "login_failures": LOGIN_FAILURE_RATE},
+    # Reverse proxies in front of Django whose X-Forwarded-For is trusted; 0 = use the peer
+    # address only, so a client cannot dodge the throttle by sending its own X-Forwarded-For.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+}
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "pneumoscan",
+    }
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "PneumoScan API",
     "DESCRIPTION": "Batch chest X-ray pneumonia classification with class-activation heatmaps.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request/response components, so multipart file fields are typed as binary.
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "StudyStatusEnum": "backend.studies.models.Study.Status",
+        "ImageStatusEnum": "backend.studies.models.Image.Status",
+    },
 }
 
 # --- Celery (namespace CELERY_) ----------------------------------------------------------------
 # The longest task is one inference chunk; the hard limit bounds it and the Redis visibility
-# timeout must exceed it, or Redis redelivers a task that is still running.
+# timeout must exceed it, or Redis redelivers a task that is still running (and it runs twice).
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
+# Redelivery of a message whose worker vanished without a trace (kill -9 of the whole worker,
+# a machine lost) happens after this many seconds; the stuck-image sweep below usually acts
+# sooner. Always kept above the hard time limit.
+CELERY_VISIBILITY_TIMEOUT = max(
+    env.int("CELERY_VISIBILITY_TIMEOUT", default=CELERY_TASK_TIME_LIMIT * 4),
+    CELERY_TASK_TIME_LIMIT + 60,
+)
 CELERY_BROKER_URL = REDIS_URL
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 4}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # Message priorities 0 (urgent, served first) .. 9; each step is its own Redis list.
+    "priority_steps": list(range(10)),
+    "sep": ":",
+    # A worker consuming several queues serves them in the order given (-Q inference,default).
+    "queue_order_strategy": "priority",
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # Redis down for a while: keep trying
 CELERY_RESULT_BACKEND = None  # status lives in our database, never in AsyncResult
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_PRIORITY = 5
 CELERY_TASK_ROUTES = {"worker.tasks.infer_images": {"queue": "inference"}}
 CELERY_TASK_ALWAYS_EAGER = CELERY_TASK_ALWAYS_EAGER
+# A pool process loads torch and the model in worker_process_init: give it time to start.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120.0
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows live task state
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A restarted Redis loses connections: the worker reconnects and carries on.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stuck-images": {
+        "task": "worker.tasks.sweep_stuck_images",
+        "schedule": env.float("SWEEP_INTERVAL_S", default=60.0),
+        "options": {"queue": "default", "expires": 60},
+    },
+}
+
+# --- Inference worker ---------------------------------------------------------------------------
+# Images left in `processing` longer than this (a worker died with them) are requeued by the
+# sweep; it exceeds the hard time limit so a chunk that is still running is left alone.
+STUCK_IMAGE_DEADLINE_S: int = env.int(
+    "STUCK_IMAGE_DEADLINE_S", default=CELERY_TASK_TIME_LIMIT + 60
+)
+# Queued images whose message was lost (Redis restarted without persistence) are requeued by
+# the sweep after this long, but only while the inference queue is empty.
+QUEUED_IMAGE_DEADLINE_S: int = env.int("QUEUED_IMAGE_DEADLINE_S", default=900)
+# An image claimed this many times without a result (its worker died each time) is failed.
+INFERENCE_MAX_ATTEMPTS: int = env.int("INFERENCE_MAX_ATTEMPTS", default=5)
+# Threads that read, decode and preprocess a chunk, and encode its heatmaps (0 = CPU count).
+INFERENCE_IO_THREADS: int = env.int("INFERENCE_IO_THREADS", default=0)
+# torch intra-op threads on a CPU worker (0 = CPU count).
+INFERENCE_TORCH_THREADS: int = env.int("INFERENCE_TORCH_THREADS", default=0)
+# Heatmap overlays: "jpeg" (~7 kB, ~0.2 ms to encode) or "png" (~50 kB, ~50 ms optimised).
+INFERENCE_HEATMAP_FORMAT: str = env.str("INFERENCE_HEATMAP_FORMAT", default="jpeg")
+# "auto" (CUDA when present), "cpu" or "cuda".
+INFERENCE_DEVICE: str = env.str("INFERENCE_DEVICE", default="auto")
+
+# --- Metrics (/metrics for Prometheus) ----------------------------------------------------------
+# When set, a scrape must send `Authorization: Bearer <token>`.
+METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+
+# --- Storage: local filesystem by default, S3-compatible object storage when configured -------
+STORAGE_BACKEND: str = env.str("STORAGE_BACKEND", default="filesystem")
+if STORAGE_BACKEND == "s3":
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default=None),
+            "region_name": env.str("AWS_S3_REGION_NAME", default=None),
+            "access_key": env.str("AWS_ACCESS_KEY_ID", default=None),
+            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default=None),
+            "addressing_style": env.str("AWS_S3_ADDRESSING_STYLE", default=None),
+            "location": env.str("AWS_LOCATION", default=""),
+            # Patient data: private objects, never overwritten, only reached via signed access.
+            "default_acl": None,
+            "file_overwrite": False,
+            "querystring_auth": True,
+        },
+    }
+elif STORAGE_BACKEND != "filesystem":
+    raise ValueError(f"STORAGE_BACKEND must be 'filesystem' or 's3', not {STORAGE_BACKEND!r}")
 
 LOGGING = {
     "version": 1,

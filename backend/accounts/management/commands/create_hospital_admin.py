@@ -12,7 +12,10 @@ from backend.accounts.services import token_get_or_create, user_create
 
 
 class Command(BaseCommand):
-    help = "Create a hospital (if new) and an admin user for it. Password from --password or $PNEUMO_ADMIN_PASSWORD."
+    help = (
+        "Create a hospital (if new) and an admin user for it. "
+        "Password from --password or $PNEUMO_ADMIN_PASSWORD."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--hospital", required=True)

@@ -1,0 +1,82 @@
+// Log-in and sign-up pages.
+import { api } from "./api.js";
+import { h, setChildren } from "./dom.js";
+
+function field(label, input, hint) {
+  return h("div", { class: "field" },
+    h("label", { for: input.id }, label), input, hint ? h("p", { class: "hint" }, hint) : null);
+}
+
+function shell(title, subtitle, form, footer) {
+  return h("section", { class: "auth-page" },
+    h("div", { class: "auth-card card" },
+      h("h1", {}, title),
+      h("p", { class: "muted" }, subtitle),
+      form,
+      h("p", { class: "auth-switch" }, footer)));
+}
+
+function submitting(form, busy) {
+  for (const el of form.elements) el.disabled = busy;
+  form.setAttribute("aria-busy", busy ? "true" : "false");
+}
+
+export function loginView(main, { onLoggedIn }) {
+  const error = h("p", { class: "form-error", role: "alert" });
+  const form = h("form", { class: "stack", novalidate: false },
+    field("Username", h("input", { id: "login-username", name: "username", autocomplete: "username", required: true })),
+    field("Password", h("input", { id: "login-password", name: "password", type: "password", autocomplete: "current-password", required: true })),
+    error,
+    h("button", { type: "submit", class: "btn btn-primary btn-block" }, "Log in"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const data = Object.fromEntries(new FormData(form));
+    submitting(form, true);
+    try {
+      const me = await api("/api/auth/login/", { method: "POST", json: data });
+      onLoggedIn(me);
+    } catch (err) {
+      error.textContent = err.message || "Log in failed.";
+      submitting(form, false);
+      form.elements.password.select();
+    }
+  });
+  setChildren(main, shell("Log in", "Pneumonia screening for chest X-ray batches.", form,
+    ["New hospital? ", h("a", { href: "#/signup" }, "Create an account")]));
+  form.elements.username.focus();
+  return () => {};
+}
+
+export function signupView(main, { onLoggedIn }) {
+  const error = h("p", { class: "form-error", role: "alert" });
+  const form = h("form", { class: "stack" },
+    field("Hospital", h("input", { id: "signup-hospital", name: "hospital", autocomplete: "organization", required: true, maxlength: "200" }),
+      "Creating a new hospital makes you its admin. To join an existing hospital, ask its admin for an account."),
+    field("Username", h("input", { id: "signup-username", name: "username", autocomplete: "username", required: true, maxlength: "150" })),
+    field("Email", h("input", { id: "signup-email", name: "email", type: "email", autocomplete: "email" })),
+    field("Password", h("input", { id: "signup-password", name: "password", type: "password", autocomplete: "new-password", required: true, minlength: "8" }),
+      "At least 8 characters; not a common or all-numeric password."),
+    error,
+    h("button", { type: "submit", class: "btn btn-primary btn-block" }, "Create account"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const data = Object.fromEntries(new FormData(form));
+    submitting(form, true);
+    try {
+      await api("/api/auth/signup/", { method: "POST", json: data });
+      const me = await api("/api/auth/login/", {
+        method: "POST", json: { username: data.username, password: data.password },
+      });
+      onLoggedIn(me);
+    } catch (err) {
+      error.textContent = err.message || "Sign-up failed.";
+      submitting(form, false);
+    }
+  });
+  setChildren(main, shell("Create an account", "Register your hospital to start screening studies.", form,
+    ["Already registered? ", h("a", { href: "#/login" }, "Log in")]));
+  form.elements.hospital.focus();
+  return () => {};
+}

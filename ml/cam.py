@@ -1,0 +1,184 @@
+"""Class activation maps, bounding boxes and PNG/JPEG renderings.
+
+* Plain CAM (Zhou et al. 2016) when the model ends in global-average-pool + Linear: the map for
+  class c is ``sum_k W[c, k] * A_k`` over the last feature maps A. It is computed from the
+  features of the *same* forward pass that produced the logits (no second pass, no gradients),
+  so it runs under ``torch.inference_mode`` and cannot leak autograd graphs.
+* Grad-CAM (Selvaraju et al. 2017) otherwise (e.g. vgg16, mobilenet_v3 whose heads are MLPs):
+  channel weights are the spatial mean of d logit_c / d A. The graph is freed immediately
+  (``torch.autograd.grad`` without ``retain_graph``).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from ml.models import CamModel
+
+
+def _normalise_maps(cams: torch.Tensor) -> torch.Tensor:
+    """ReLU then divide each map by its max -> [0, 1]. All-negative maps become zeros."""
+    cams = cams.clamp(min=0)
+    peak = cams.flatten(1).amax(dim=1).clamp(min=1e-12)
+    return cams / peak.view(-1, 1, 1)
+
+
+def cam_from_features(feats: torch.Tensor, linear: torch.nn.Linear,
+                      class_idx: torch.Tensor) -> torch.Tensor:
+    """Plain CAM (B,h,w) in [0,1] for ``class_idx`` (B,) from GAP+linear features (B,K,h,w)."""
+    w = linear.weight[class_idx].to(feats.dtype)  # (B, K)
+    cams = torch.einsum("bk,bkhw->bhw", w, feats)
+    return _normalise_maps(cams.float())
+
+
+def grad_cam(model: CamModel, x: torch.Tensor, class_idx: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM for a batch. Returns (logits, cams (B,h,w) in [0,1]); one forward pass.
+
+    ``class_idx`` None means the argmax class. Samples are independent (eval-mode BN), so
+    the gradient of the summed selected logits gives every sample its own gradient.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.detach().clone()
+        feats = model.features(x)
+        if not feats.requires_grad:  # frozen weights: make the features a leaf we can grad
+            feats = feats.detach().requires_grad_(True)
+        logits = model.head(feats)
+        idx = logits.argmax(1) if class_idx is None else class_idx.to(logits.device)
+        selected = logits.gather(1, idx[:, None]).sum()
+        (grads,) = torch.autograd.grad(selected, feats)
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cams = (weights * feats).sum(dim=1).detach()
+    if was_training:
+        model.train()
+    return logits.detach(), _normalise_maps(cams.float())
+
+
+def compute_cams(model: CamModel, x: torch.Tensor, class_idx: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, cams) for a batch using plain CAM when possible, else Grad-CAM."""
+    if model.linear is not None:
+        with torch.inference_mode():
+            feats, logits = model(x)
+            idx = logits.argmax(1) if class_idx is None else class_idx.to(logits.device)
+            return logits, cam_from_features(feats, model.linear, idx)
+    return grad_cam(model, x, class_idx)
+
+
+def upsample(cams: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """(B,h,w) -> (B,H,W) bilinear, renormalised to [0,1]."""
+    if isinstance(size, int):
+        size = (size, size)
+    up = F.interpolate(cams[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    return _normalise_maps(up[:, 0])
+
+
+# --------------------------------------------------------------------------------------------
+# Bounding box
+# --------------------------------------------------------------------------------------------
+
+
+def bounding_box(heatmap: np.ndarray, frac: float = 0.5,
+                 ) -> tuple[float, float, float, float] | None:
+    """(x0, y0, x1, y1) in [0,1] image coordinates of the connected region (8-connectivity)
+    above ``frac * max`` that contains the maximum. None for an empty (all-zero) map."""
+    from scipy import ndimage  # scipy ships with scikit-learn
+
+    h = np.asarray(heatmap, dtype=np.float32)
+    if h.ndim != 2 or h.size == 0:
+        raise ValueError("heatmap must be a non-empty 2-D array")
+    peak = float(h.max())
+    if not np.isfinite(peak) or peak <= 0:
+        return None
+    mask = h >= frac * peak
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+    py, px = np.unravel_index(int(np.argmax(h)), h.shape)
+    ys, xs = np.nonzero(labels == labels[py, px])
+    H, W = h.shape
+    return (float(xs.min() / W), float(ys.min() / H), float((xs.max() + 1) / W),
+            float((ys.max() + 1) / H))
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _jet(v: np.ndarray) -> np.ndarray:
+    """Jet-like colormap in numpy (avoids importing matplotlib in serving): [0,1] -> RGB."""
+    v = np.clip(v, 0.0, 1.0)
+    r = np.clip(1.5 - np.abs(4.0 * v - 3.0), 0.0, 1.0)
+    g = np.clip(1.5 - np.abs(4.0 * v - 2.0), 0.0, 1.0)
+    b = np.clip(1.5 - np.abs(4.0 * v - 1.0), 0.0, 1.0)
+    return np.stack([r, g, b], axis=-1)
+
+
+def _resize_map(heatmap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    t = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))[None, None]
+    up = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)[0, 0]
+    return up.clamp(0, 1).numpy()
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt.lower() in ("jpeg", "jpg"):
+        img.convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
+    elif fmt.lower() == "png":
+        img.save(buf, format="PNG", optimize=True)
+    else:
+        raise ValueError(f"unsupported format {fmt!r} (png or jpeg)")
+    return buf.getvalue()
+
+
+def _fit(h: int, w: int, max_size: int | None) -> tuple[int, int]:
+    if not max_size or max(h, w) <= max_size:
+        return h, w
+    s = max_size / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def overlay_png(gray_pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
+                bbox: tuple[float, float, float, float] | None = None,
+                max_size: int | None = 512, fmt: str = "png") -> bytes:
+    """The radiograph with the heatmap blended on top (and optionally the bbox) as PNG/JPEG.
+
+    ``gray_pixels``: HxW float in [0,1] (uint8 accepted). The heat is blended with opacity
+    ``alpha * heat`` so cold regions keep the original image untouched. The output is at most
+    ``max_size`` px on its longest side to keep stored overlays small.
+    """
+    g = np.asarray(gray_pixels)
+    if g.dtype == np.uint8:
+        g = g.astype(np.float32) / 255.0
+    g = np.clip(g.astype(np.float32), 0.0, 1.0)
+    if g.ndim != 2:
+        raise ValueError("gray_pixels must be HxW")
+    oh, ow = _fit(*g.shape, max_size)
+    if (oh, ow) != g.shape:
+        g = _resize_map(g, (oh, ow))
+    heat = _resize_map(heatmap, (oh, ow))
+    a = (alpha * heat)[..., None]
+    rgb = (1.0 - a) * g[..., None] + a * _jet(heat)
+    img = Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+    if bbox is not None:
+        x0, y0, x1, y1 = bbox
+        draw = ImageDraw.Draw(img)
+        draw.rectangle([x0 * ow, y0 * oh, x1 * ow - 1, y1 * oh - 1], outline=(0, 255, 0),
+                       width=max(1, round(max(oh, ow) / 256)))
+    return _encode(img, fmt)
+
+
+def heatmap_png(heatmap: np.ndarray, size: int | None = None) -> bytes:
+    """The heatmap alone as an RGBA PNG (colour = jet, alpha = heat) for client-side overlay."""
+    h = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    if size:
+        h = _resize_map(h, (size, size))
+    rgba = np.concatenate([_jet(h), h[..., None]], axis=-1)
+    img = Image.fromarray((rgba * 255.0 + 0.5).astype(np.uint8), mode="RGBA")
+    return _encode(img, "png")

@@ -1,0 +1,70 @@
+"""The real path once: a ZIP of real radiographs -> a real Celery worker -> flagged results,
+a preview, an export and a signed webhook received by a local HTTP server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from tests.conftest import DICOM_DIR, wait_for
+
+from .test_webhooks import SECRET, Receiver, verify_like_a_receiver
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_zip_of_real_radiographs_is_processed_flagged_exported_and_webhooked(
+    celery_worker_process: Any, api: Any, user: Any, xray_paths: list[Path]
+) -> None:
+    chest = DICOM_DIR / "cr-chest-pa-jpeg-baseline.dcm"
+    hip = DICOM_DIR / "cr-hip-monochrome2-rle.dcm"
+    if not chest.exists():
+        pytest.skip("DICOM test files not available")
+    receiver = Receiver()
+    user.hospital.webhook_url, user.hospital.webhook_secret = receiver.url, SECRET
+    user.hospital.save()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(chest, f"exam/{chest.name}")
+        zf.write(hip, f"exam/{hip.name}")
+        zf.write(DICOM_DIR / "cr-hip-jpeg-extended-undecodable.dcm", "exam/broken.dcm")
+        zf.write(xray_paths[0], f"kids/{xray_paths[0].name}")
+    try:
+        response = api.post("/api/studies/", {
+            "files": [SimpleUploadedFile("batch.zip", archive.getvalue())], "priority": "urgent",
+        }, format="multipart")
+        assert response.status_code == 201, response.content
+        body = response.json()
+        assert [r["name"] for r in body["rejected"]] == ["batch.zip/exam/broken.dcm"]
+        study_id = body["study"]["id"]
+
+        def finished() -> dict | None:
+            detail = api.get(f"/api/studies/{study_id}/").json()
+            return detail if detail["status"] not in ("queued", "processing") else None
+
+        detail = wait_for(finished, timeout=120)
+        assert detail["status"] == "done", detail
+        by_name = {i["original_name"].rsplit("/", 1)[-1]: i for i in detail["images"]}
+        assert by_name[chest.name]["flags"] == ["adult_patient"]
+        assert by_name[hip.name]["flags"] == ["non_chest:hip"]
+        assert by_name[xray_paths[0].name]["flags"] == []
+        assert all(i["result"]["label"] in ("normal", "pneumonia") for i in detail["images"])
+        rows = list(csv.DictReader(io.StringIO(
+            api.get(f"/api/studies/{study_id}/export.csv").content.decode())))
+        assert {r["flags"] for r in rows} == {"adult_patient", "non_chest:hip", ""}
+        assert all(r["label"] and r["model_version"] for r in rows)
+
+        wait_for(lambda: receiver.requests, timeout=30)
+        (request,) = receiver.requests
+        assert verify_like_a_receiver(request["headers"], request["body"])
+        payload = json.loads(request["body"])
+        assert payload["study"]["id"] == study_id and payload["study"]["status"] == "done"
+    finally:
+        receiver.close()

@@ -1,0 +1,274 @@
+"""ml.preprocess: decoding of JPEG/PNG/DICOM, rejection of bad input, tensor conversion."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ml.preprocess import (
+    DICOM_METADATA_KEYS,
+    MAX_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    preprocess,
+    resize_pixels,
+    sniff_format,
+    to_model_tensor,
+)
+
+DICOM_FILES = [
+    "cr-chest-pa-jpeg-baseline.dcm",
+    "cr-chest-pa-jpeg-baseline-monochrome1.dcm",
+    "cr-chest-pa-monochrome1-j2k-lossy.dcm",
+    "cr-chest-pa-monochrome1-jpegls-nearlossless.dcm",
+    "cr-chest-monochrome1-raw-no-meta.dcm",
+    "dx-chest-implicit-vr-uncompressed.dcm",
+    "cr-hip-monochrome2-jpeg-lossless.dcm",
+    "cr-hip-monochrome2-rle.dcm",
+    "cr-extremity-monochrome1-j2k-lossless.dcm",
+    "cr-hip-jpeg-extended-undecodable.dcm",
+]
+UNDECODABLE = {"cr-hip-jpeg-extended-undecodable.dcm"}
+SPEC = {"input_size": 64, "mean": [0.5], "std": [0.25], "channels": 1}
+
+
+def _bytes(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _gradient(h: int = 40, w: int = 60) -> np.ndarray:
+    return np.tile(np.linspace(0, 255, w, dtype=np.float64), (h, 1)).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------
+# Pillow formats
+# ------------------------------------------------------------------------------------------
+
+
+def test_png_8bit_gray_exact_scaling() -> None:
+    arr = _gradient()
+    dec = decode_image(_bytes(Image.fromarray(arr), "PNG"))
+    assert dec.format == "png"
+    assert dec.pixels.dtype == np.float32 and dec.pixels.shape == (40, 60)
+    np.testing.assert_allclose(dec.pixels, arr / 255.0, atol=1e-6)
+    assert dec.metadata == {}
+
+
+def test_png_16bit_is_stretched_to_unit_range() -> None:
+    arr = (np.tile(np.linspace(100, 4000, 50), (30, 1))).astype(np.uint16)  # 12-bit data
+    dec = decode_image(_bytes(Image.fromarray(arr), "PNG"))
+    assert dec.pixels.min() == pytest.approx(0.0)
+    assert dec.pixels.max() == pytest.approx(1.0)
+    # monotonic left->right like the input
+    assert np.all(np.diff(dec.pixels[0]) >= 0)
+
+
+def test_rgb_jpeg_becomes_grayscale() -> None:
+    rgb = np.stack([_gradient()] * 3, axis=-1)
+    dec = decode_image(_bytes(Image.fromarray(rgb, "RGB"), "JPEG"))
+    assert dec.format == "jpeg" and dec.pixels.ndim == 2
+    assert np.abs(dec.pixels - _gradient() / 255.0).mean() < 0.02
+
+
+def test_format_is_sniffed_from_bytes_not_name(tmp_path: Path) -> None:
+    p = tmp_path / "actually_png.jpeg"
+    p.write_bytes(_bytes(Image.fromarray(_gradient()), "PNG"))
+    assert decode_image(p).format == "png"
+    assert decode_image(str(p)).format == "png"
+
+
+def test_real_kermany_jpeg(kermany_dir: Path) -> None:
+    f = sorted((kermany_dir / "NORMAL").glob("*.jpeg"))[0]
+    dec = decode_image(f)
+    assert dec.format == "jpeg" and dec.pixels.shape == (224, 224)
+    assert 0.0 <= dec.pixels.min() < dec.pixels.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"hello, this is not an image at all" * 10, "unrecognised"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "JPEG"),
+    ],
+)
+def test_invalid_inputs_raise_clear_errors(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data)
+
+
+def test_truncated_png_raises() -> None:
+    good = _bytes(Image.fromarray(_gradient(200, 200)), "PNG")
+    with pytest.raises(ImageDecodeError):
+        decode_image(good[: len(good) // 2])
+
+
+def test_missing_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="not found"):
+        decode_image(tmp_path / "nope.png")
+
+
+def test_image_decode_error_is_value_error() -> None:
+    assert issubclass(ImageDecodeError, ValueError)
+
+
+def _png_with_header_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR claims width x height (a decompression bomb header)."""
+    png = bytearray(_bytes(Image.fromarray(np.zeros((1, 1), np.uint8)), "PNG"))
+    ihdr = 8  # signature
+    struct.pack_into(">II", png, ihdr + 8, width, height)
+    crc = zlib.crc32(bytes(png[ihdr + 4: ihdr + 8 + 13])) & 0xFFFFFFFF
+    struct.pack_into(">I", png, ihdr + 8 + 13, crc)
+    return bytes(png)
+
+
+def test_decompression_bomb_png_refused_before_decoding() -> None:
+    data = _png_with_header_size(20_000, 20_000)  # 400 MP claimed
+    t0 = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(data)
+    assert time.perf_counter() - t0 < 1.0  # rejected from the header, nothing was decoded
+
+
+def test_decompression_bomb_dicom_refused_before_decoding(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = 60_000, 60_000
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = b"\x00" * 16
+    path = tmp_path / "bomb.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(path)
+    assert 60_000 * 60_000 > MAX_PIXELS
+
+
+# ------------------------------------------------------------------------------------------
+# DICOM (real files)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DICOM_FILES)
+def test_every_dicom_decodes_or_raises_clear_error(dicom_dir: Path, name: str) -> None:
+    path = dicom_dir / name
+    assert path.is_file(), f"missing test file {path}"
+    if name in UNDECODABLE:
+        with pytest.raises(ImageDecodeError) as exc:
+            decode_image(path)
+        msg = str(exc.value)
+        assert "cannot decode DICOM pixel data" in msg and "JPEG Extended" in msg
+        return
+    dec = decode_image(path.read_bytes())  # bytes, as uploaded
+    assert dec.format == "dicom"
+    assert dec.pixels.dtype == np.float32 and dec.pixels.ndim == 2
+    assert dec.pixels.min() >= 0.0 and dec.pixels.max() <= 1.0
+    assert dec.pixels.std() > 0.05, "decoded image is (nearly) constant"
+    assert set(dec.metadata) <= set(DICOM_METADATA_KEYS)
+    assert "Modality" in dec.metadata
+
+
+def test_dicom_metadata_has_no_phi(dicom_dir: Path) -> None:
+    dec = decode_image(dicom_dir / "cr-chest-pa-jpeg-baseline.dcm")
+    assert dec.metadata["Modality"] == "CR"
+    assert dec.metadata["ViewPosition"] == "PA"
+    assert dec.metadata["BodyPartExamined"] == "CHEST"
+    assert "StudyInstanceUID" in dec.metadata and "SOPInstanceUID" in dec.metadata
+    assert not any("Name" in k or k == "PatientID" for k in dec.metadata)
+
+
+def test_dicom_without_file_meta_is_read(dicom_dir: Path) -> None:
+    data = (dicom_dir / "cr-chest-monochrome1-raw-no-meta.dcm").read_bytes()
+    assert data[128:132] != b"DICM"  # really has no preamble
+    assert sniff_format(data) == "dicom"
+    assert decode_image(data).pixels.shape == (440, 440)
+
+
+def test_monochrome1_copy_is_inverted(dicom_dir: Path) -> None:
+    """The two baseline files carry *identical* pixel data and differ only in
+    PhotometricInterpretation (checked below). Correct MONOCHROME1 handling must therefore
+    produce the negative of the MONOCHROME2 rendering: the MONOCHROME1 tensor equals the
+    tensor of the inverted MONOCHROME2 pixels (and not the MONOCHROME2 tensor itself)."""
+    import pydicom
+
+    m2_path = dicom_dir / "cr-chest-pa-jpeg-baseline.dcm"
+    m1_path = dicom_dir / "cr-chest-pa-jpeg-baseline-monochrome1.dcm"
+    m2_ds, m1_ds = pydicom.dcmread(m2_path), pydicom.dcmread(m1_path)
+    assert m1_ds.PhotometricInterpretation == "MONOCHROME1"
+    assert np.array_equal(m1_ds.pixel_array, m2_ds.pixel_array)
+
+    m2 = decode_image(m2_path).pixels
+    m1 = decode_image(m1_path).pixels
+    t_m1 = preprocess(m1_path, SPEC)
+    t_m2_inverted = to_model_tensor(1.0 - m2, 64, [0.5], [0.25])
+    assert torch.allclose(t_m1, t_m2_inverted, atol=1e-4)
+    assert not torch.allclose(t_m1, preprocess(m2_path, SPEC), atol=0.1)
+
+
+def test_same_image_different_codecs_same_tensor(dicom_dir: Path) -> None:
+    """JPEG 2000 lossy vs JPEG-LS near-lossless of one MONOCHROME1 image, and JPEG lossless
+    vs RLE of one hip image, must give (nearly) the same model input."""
+    a = preprocess(dicom_dir / "cr-chest-pa-monochrome1-j2k-lossy.dcm", SPEC)
+    b = preprocess(dicom_dir / "cr-chest-pa-monochrome1-jpegls-nearlossless.dcm", SPEC)
+    assert (a - b).abs().mean() < 0.02 * 4  # < 2% of the [0,1] range (std 0.25)
+    c = decode_image(dicom_dir / "cr-hip-monochrome2-jpeg-lossless.dcm").pixels
+    d = decode_image(dicom_dir / "cr-hip-monochrome2-rle.dcm").pixels
+    assert np.array_equal(c, d)
+
+
+def test_monochrome1_chest_looks_like_a_chest(dicom_dir: Path) -> None:
+    """After inversion, the lung fields (central band, upper-middle rows) are darker than the
+    mediastinum/spine (central column) — as in every MONOCHROME2 chest radiograph."""
+    for name in ("cr-chest-pa-monochrome1-j2k-lossy.dcm", "cr-chest-pa-jpeg-baseline.dcm"):
+        px = resize_pixels(decode_image(dicom_dir / name).pixels, 64).numpy()
+        lungs = np.concatenate([px[16:40, 12:24].ravel(), px[16:40, 40:52].ravel()]).mean()
+        spine = px[16:48, 29:35].mean()
+        assert lungs < spine, name
+
+
+# ------------------------------------------------------------------------------------------
+# Tensors
+# ------------------------------------------------------------------------------------------
+
+
+def test_to_model_tensor_shapes_and_normalisation() -> None:
+    px = np.full((100, 80), 0.5, dtype=np.float32)
+    t = to_model_tensor(px, 32, [0.5], [0.25])
+    assert t.shape == (1, 32, 32) and t.dtype == torch.float32
+    assert torch.allclose(t, torch.zeros_like(t), atol=1e-6)
+    t3 = to_model_tensor(px, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], channels=3)
+    assert t3.shape == (3, 32, 32)
+    assert not torch.allclose(t3[0], t3[2])
+
+
+def test_resize_is_antialiased() -> None:
+    """A 1-pixel checkerboard shrunk 8x must average to flat grey, not alias."""
+    board = (np.indices((256, 256)).sum(0) % 2).astype(np.float32)
+    small = resize_pixels(board, 32)
+    assert abs(float(small.mean()) - 0.5) < 0.01
+    assert float(small.std()) < 0.05
+
+
+def test_preprocess_equals_decode_then_tensor(kermany_dir: Path) -> None:
+    f = sorted((kermany_dir / "PNEUMONIA").glob("*.jpeg"))[0]
+    a = preprocess(f, SPEC)
+    b = to_model_tensor(decode_image(f.read_bytes()).pixels, 64, [0.5], [0.25])
+    assert torch.equal(a, b)

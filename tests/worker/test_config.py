@@ -1,0 +1,118 @@
+"""The EFFECTIVE Celery configuration (app.conf, task options) and the fork/CUDA traps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+from typing import Any
+
+from tests.conftest import REPO_ROOT
+
+
+def test_effective_reliability_settings() -> None:
+    from worker.celery_app import app
+
+    conf = app.conf
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_soft_time_limit < conf.task_time_limit
+    # Trap: a task that outlives the visibility timeout is delivered to a second worker.
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.result_backend is None and conf.task_ignore_result is True
+    assert conf.broker_connection_max_retries is None  # Redis restarts: keep reconnecting
+    assert conf.worker_proc_alive_timeout >= 60  # the pool process loads the model at start
+
+
+def test_effective_task_options() -> None:
+    from worker import tasks
+    from worker.celery_app import app
+
+    app.loader.import_default_modules()
+    infer = app.tasks["worker.tasks.infer_images"]
+    assert infer.name == tasks.infer_images.name
+    assert infer.acks_late is True and infer.reject_on_worker_lost is True
+    assert 0 < infer.max_retries < 20  # a task that keeps failing ends, it does not loop
+    assert app.amqp.router.route({}, "worker.tasks.infer_images")["queue"].name == "inference"
+    assert app.amqp.router.route({}, "worker.tasks.sweep_stuck_images")["queue"].name == (
+        "default")
+
+
+def test_priorities_and_beat_schedule() -> None:
+    from worker.celery_app import app
+
+    options = app.conf.broker_transport_options
+    assert options["queue_order_strategy"] == "priority"
+    assert list(options["priority_steps"]) == list(range(10))
+    assert app.conf.task_default_priority == 5  # urgent studies are sent with 0: served first
+    sweep = app.conf.beat_schedule["sweep-stuck-images"]
+    assert sweep["task"] == "worker.tasks.sweep_stuck_images"
+    assert sweep["options"]["queue"] == "default"
+
+
+def test_visibility_timeout_always_exceeds_hard_limit() -> None:
+    code = textwrap.dedent("""
+        from django.conf import settings
+        import django; django.setup()
+        from worker.celery_app import app
+        print(app.conf.task_time_limit, app.conf.broker_transport_options["visibility_timeout"])
+    """)
+    env = {"CELERY_TASK_TIME_LIMIT": "900", "CELERY_VISIBILITY_TIMEOUT": "60",
+           "DJANGO_SETTINGS_MODULE": "backend.config.settings.test", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    hard, visibility = map(int, out)
+    assert hard == 900 and visibility > hard
+
+
+def test_importing_tasks_neither_initialises_cuda_nor_loads_the_model() -> None:
+    """What a prefork parent does before forking: import the tasks, set up the queues."""
+    code = textwrap.dedent("""
+        import django; django.setup()
+        from worker.celery_app import app
+        app.loader.import_default_modules()
+        import worker.tasks
+        # (torch itself may be imported: Django's checks load the URLconf, which imports
+        # ml.preprocess. Importing torch is harmless; initialising CUDA or a model is not.)
+        from worker import signals
+        app.amqp.queues.select(["inference", "default"])  # what `-Q inference,default` does
+        signals._note_queues(sender=WORKER)
+        assert signals.serves_inference()
+        import torch
+        from worker import inference
+        assert inference.loaded_models() is None
+        assert not torch.cuda.is_initialized()
+        print("ok")
+    """).replace("WORKER", "type('W', (), {'app': app})()")
+    env = {"DJANGO_SETTINGS_MODULE": "backend.config.settings.test", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
+
+
+def test_only_inference_workers_preload(monkeypatch: Any) -> None:
+    from worker import signals
+
+    loaded = []
+    monkeypatch.setattr("worker.inference.load_models", lambda: loaded.append(1))
+    queues = SimpleNamespace(consume_from={"default": object()})
+    signals._note_queues(sender=SimpleNamespace(app=SimpleNamespace(
+        amqp=SimpleNamespace(queues=queues))))
+    signals._preload_models()
+    assert loaded == []
+    queues.consume_from["inference"] = object()
+    signals._note_queues(sender=SimpleNamespace(app=SimpleNamespace(
+        amqp=SimpleNamespace(queues=queues))))
+    signals._preload_models()
+    assert loaded == [1]
+    signals._serves_inference = False
+
+
+def test_tests_send_to_their_own_redis_database() -> None:
+    from tests.conftest import TEST_REDIS_URL
+    from worker.celery_app import app
+
+    assert app.conf.broker_url == TEST_REDIS_URL

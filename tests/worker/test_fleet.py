@@ -1,0 +1,88 @@
+"""Real worker processes: priorities, time limits, one model per pool process."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.worker.conftest import (
+    launch_worker,
+    small_pngs,
+    stop_worker,
+    upload_files,
+    wait_ready,
+    wait_study,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_urgent_study_overtakes_a_routine_backlog(
+    api: Any, db_name: str, clean_redis: None, tiny_checkpoint: Path, tmp_path: Path,
+    settings: Any,
+) -> None:
+    from backend.studies.models import Image, Study
+
+    settings.INFERENCE_CHUNK_SIZE = 2
+    routine = upload_files(api, small_pngs(24, seed=1))  # 12 chunks waiting
+    urgent = upload_files(api, small_pngs(2, seed=2), priority="urgent")  # submitted last
+    log = tmp_path / "worker.log"
+    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint)
+    try:
+        wait_study(urgent["id"], timeout=90)
+        wait_study(routine["id"], timeout=90)
+    finally:
+        stop_worker(worker)
+    urgent_done = Study.objects.get(id=urgent["id"]).finished_at
+    routine_times = list(Image.objects.filter(study_id=routine["id"])
+                         .values_list("finished_at", flat=True))
+    assert all(urgent_done <= t for t in routine_times), log.read_text()[-3000:]
+
+
+def test_chunk_over_the_soft_time_limit_is_a_recorded_failure_and_the_worker_lives_on(
+    api: Any, db_name: str, clean_redis: None, slow_checkpoint: Path, tiny_checkpoint: Path,
+    tmp_path: Path, settings: Any,
+) -> None:
+    from backend.studies.models import Image
+
+    settings.INFERENCE_CHUNK_SIZE = 16
+    log = tmp_path / "worker.log"
+    worker = launch_worker(log, db_name=db_name, checkpoint=slow_checkpoint,
+                           CELERY_TASK_SOFT_TIME_LIMIT="1", CELERY_TASK_TIME_LIMIT="60")
+    try:
+        wait_ready(log)
+        study = upload_files(api, small_pngs(16, seed=3))
+        state = wait_study(study["id"], timeout=90)
+        assert state["status"] == "failed", log.read_text()[-3000:]
+        errors = set(Image.objects.filter(study_id=study["id"]).values_list("error", flat=True))
+        assert errors == {"Timed out: classifying this batch took longer than the 1 s time "
+                          "limit."}
+        # The same worker process carries on with the next (small, fast) chunk.
+        settings.INFERENCE_CHUNK_SIZE = 1
+        quick = upload_files(api, small_pngs(1, seed=4))
+        assert wait_study(quick["id"], timeout=60)["status"] == "done"
+    finally:
+        stop_worker(worker)
+
+
+def test_model_is_loaded_once_in_the_pool_process_not_the_parent(
+    api: Any, db_name: str, clean_redis: None, tiny_checkpoint: Path, tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint)
+    try:
+        wait_ready(log)
+        for seed in (5, 6):
+            study = upload_files(api, small_pngs(3, seed=seed))
+            assert wait_study(study["id"], timeout=60)["status"] == "done"
+    finally:
+        stop_worker(worker)
+    text = log.read_text()
+    loads = re.findall(r"Loaded tiny-test .* in process (\d+)", text)
+    assert len(loads) == 1, text[-3000:]  # once per worker process, not per task
+    assert int(loads[0]) != worker.pid  # in the forked pool process, never in the parent
+    wait_for(lambda: worker.poll() is not None, timeout=5)

@@ -1,0 +1,206 @@
+"""worker.inference and worker.tasks in this process: batching, idempotency, failures, sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.worker.conftest import small_pngs, study_state, upload_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Tasks this process sends (kept here instead of going to Redis)."""
+    from worker.celery_app import app
+
+    calls: list[dict] = []
+    monkeypatch.setattr(app, "send_task",
+                        lambda name, args=None, **kw: calls.append({"name": name, "args": args,
+                                                                    **kw}))
+    return calls
+
+
+def test_chunk_records_one_result_per_image_with_heatmap(
+    tiny_model: None, api: Any, sent: list[dict]
+) -> None:
+    from backend.studies.models import Result
+    from worker.inference import run_chunk
+
+    study = upload_files(api, small_pngs(5))
+    ids = [i for call in sent for i in call["args"][0]]
+    assert len(ids) == 5
+    report = run_chunk(ids)
+    assert (report.done, report.failed, report.skipped) == (5, 0, 0)
+    state = study_state(study["id"])
+    assert state["status"] == "done" and state["results"] == 5
+    result = Result.objects.filter(image__study_id=study["id"]).first()
+    assert result.model_name == "tiny-test"
+    with result.heatmap.open("rb") as fh:
+        assert fh.read(3) == b"\xff\xd8\xff"  # a JPEG overlay
+    assert result.inference_ms and result.inference_ms > 0
+
+
+def test_repeated_chunk_changes_nothing(tiny_model: None, api: Any, sent: list[dict]) -> None:
+    from backend.studies.models import Image, Result
+    from worker.inference import run_chunk
+
+    upload_files(api, small_pngs(4))
+    ids = [i for call in sent for i in call["args"][0]]
+    run_chunk(ids)
+    before = list(Image.objects.order_by("id").values_list("id", "status", "attempts",
+                                                          "finished_at"))
+    report = run_chunk(ids)  # a redelivery of the same message
+    assert (report.done, report.skipped) == (0, 4)
+    assert Result.objects.count() == 4
+    assert list(Image.objects.order_by("id").values_list("id", "status", "attempts",
+                                                         "finished_at")) == before
+
+
+def test_late_duplicate_result_is_dropped(tiny_model: None, api: Any, sent: list[dict]) -> None:
+    """Two deliveries racing: the second one's results and heatmaps are discarded."""
+    from backend.studies import services
+    from backend.studies.models import Image, Result
+    from worker import inference
+
+    upload_files(api, small_pngs(2))
+    ids = [i for call in sent for i in call["args"][0]]
+    models = inference.load_models()
+    claim = services.chunk_claim(image_ids=ids, max_attempts=5)
+    prepared = [inference._prepare(im, models) for im in claim.images]
+    preds = inference._forward(models, models.binary,
+                               __import__("torch").stack([p.binary_x for p in prepared]), True)
+    late = [inference._render(p, q, None, models, 1.0) for p, q in zip(prepared, preds,
+                                                                        strict=True)]
+    inference.run_chunk(ids)  # the other delivery finishes first
+    first = {r.image_id: r.heatmap.name for r in Result.objects.all()}
+    late_files = [r.heatmap.name for r in late]
+    assert all(late_files)
+    assert services.results_record_many(results=late) == 0
+    assert Result.objects.count() == 2
+    assert {r.image_id: r.heatmap.name for r in Result.objects.all()} == first
+    storage = Result._meta.get_field("heatmap").storage
+    assert not any(storage.exists(name) for name in late_files)
+    assert set(Image.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_corrupt_image_fails_alone_with_a_reason(
+    tiny_model: None, api: Any, sent: list[dict]
+) -> None:
+    from backend.studies.models import Image
+    from worker.inference import run_chunk
+
+    study = upload_files(api, small_pngs(3))
+    broken = Image.objects.filter(study_id=study["id"]).order_by("original_name").first()
+    with broken.file.storage.open(broken.file.name, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # truncated after upload
+    report = run_chunk([i for call in sent for i in call["args"][0]])
+    assert (report.done, report.failed) == (2, 1)
+    broken.refresh_from_db()
+    assert broken.status == "failed"
+    assert broken.error.startswith("Could not read the image:")
+    assert study_state(study["id"])["status"] == "done_with_errors"
+
+
+def test_image_claimed_too_often_is_failed_not_looped(
+    tiny_model: None, api: Any, sent: list[dict], settings: Any
+) -> None:
+    from backend.studies.models import Image
+    from worker.inference import run_chunk
+
+    settings.INFERENCE_MAX_ATTEMPTS = 3
+    study = upload_files(api, small_pngs(2))
+    poison = Image.objects.filter(study_id=study["id"]).first()
+    Image.objects.filter(id=poison.id).update(status="processing", attempts=3)
+    report = run_chunk([i for call in sent for i in call["args"][0]])
+    assert (report.done, report.failed) == (1, 1)
+    poison.refresh_from_db()
+    assert poison.status == "failed" and "Gave up after 3 attempts" in poison.error
+
+
+def test_sweep_requeues_stuck_images_at_study_priority(
+    api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.utils import timezone
+
+    from backend.studies import services
+    from backend.studies.models import Image
+
+    study = upload_files(api, small_pngs(3), priority="urgent")
+    sent.clear()
+    images = list(Image.objects.filter(study_id=study["id"]).order_by("id"))
+    old = timezone.now() - timezone.timedelta(minutes=30)
+    Image.objects.filter(id=images[0].id).update(status="processing", started_at=old)
+    Image.objects.filter(id=images[1].id).update(status="processing",
+                                                 started_at=timezone.now())  # still running
+    outcome = services.images_requeue_stuck(processing_deadline_s=600, queued_deadline_s=10**6,
+                                            inference_queue_empty=True)
+    assert (outcome.stuck_processing, outcome.lost_queued) == (1, 0)
+    assert [c["args"][0] for c in sent] == [[str(images[0].id)]]
+    assert sent[0]["queue"] == "inference" and sent[0]["priority"] == 0
+    assert Image.objects.get(id=images[0].id).status == "queued"
+    # Queued images whose message was lost: requeued only when the queue is empty.
+    Image.objects.filter(study_id=study["id"]).update(created_at=old)
+    sent.clear()
+    outcome = services.images_requeue_stuck(processing_deadline_s=600, queued_deadline_s=60,
+                                            inference_queue_empty=False)
+    assert (outcome.stuck_processing, outcome.lost_queued, sent) == (0, 0, [])
+    outcome = services.images_requeue_stuck(processing_deadline_s=600, queued_deadline_s=60,
+                                            inference_queue_empty=True)
+    assert outcome.lost_queued == 2
+
+
+def test_task_soft_time_limit_ends_in_recorded_failure(
+    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from backend.studies.models import Image
+    from worker import inference, tasks
+
+    study = upload_files(api, small_pngs(2))
+    ids = [i for call in sent for i in call["args"][0]]
+
+    def slow(image_ids: list[str]) -> None:
+        raise SoftTimeLimitExceeded()
+
+    monkeypatch.setattr(inference, "run_chunk", slow)
+    tasks.infer_images.apply(args=[ids])
+    assert set(Image.objects.values_list("status", flat=True)) == {"failed"}
+    assert Image.objects.first().error.startswith("Timed out")
+    assert study_state(study["id"])["status"] == "failed"
+
+
+def test_task_retries_transient_errors_then_records_failure(
+    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.exceptions import Retry
+    from django.db import OperationalError
+
+    from backend.studies.models import Image
+    from worker import inference, tasks
+
+    upload_files(api, small_pngs(2))
+    ids = [i for call in sent for i in call["args"][0]]
+
+    def down(image_ids: list[str]) -> None:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(inference, "run_chunk", down)
+    with pytest.raises(Retry):
+        tasks.infer_images.apply(args=[ids], throw=True)
+    assert set(Image.objects.values_list("status", flat=True)) == {"queued"}
+    # The last allowed retry: the chunk ends in a recorded failure, not a loop.
+    tasks.infer_images.apply(args=[ids], retries=tasks.MAX_RETRIES)
+    assert set(Image.objects.values_list("status", flat=True)) == {"failed"}
+    assert "retries" in Image.objects.first().error
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    from worker.tasks import backoff_s
+
+    assert 0.5 <= backoff_s(0) <= 1
+    assert 4 <= backoff_s(3) <= 8
+    assert backoff_s(20) <= 60
