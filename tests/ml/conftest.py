@@ -17,8 +17,9 @@ DATA = Path(os.environ.get("PNEUMO_DATA_DIR", REPO.parent / "shared" / "data"))
 KERMANY = DATA / "kermany-cxr" / "train"
 DICOM = DATA / "dicom"
 
-# The suite must stay fast on a 2-core machine shared with other work.
-torch.set_num_threads(2)
+# One intra-op thread: the tensors in these tests are small, and on a 2-core machine shared with
+# other processes a second OpenMP thread spin-waits and makes small ops ~20x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

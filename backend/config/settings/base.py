@@ -38,6 +38,8 @@ MODEL_CHECKPOINT_ETIOLOGY: str = env.str(
 )
 MAX_UPLOAD_FILE_BYTES: int = env.int("MAX_UPLOAD_FILE_BYTES", default=64 * 1024 * 1024)
 MAX_FILES_PER_STUDY: int = env.int("MAX_FILES_PER_STUDY", default=1000)
+# One upload request as a whole (checked from Content-Length before the body is read).
+MAX_UPLOAD_REQUEST_BYTES: int = env.int("MAX_UPLOAD_REQUEST_BYTES", default=4 * 1024**3)
 # ZIP archives in an upload: caps on what one archive may expand to (see docs/api.md).
 MAX_ZIP_ENTRIES: int = env.int("MAX_ZIP_ENTRIES", default=1000)
 MAX_ZIP_UNCOMPRESSED_BYTES: int = env.int("MAX_ZIP_UNCOMPRESSED_BYTES", default=2 * 1024**3)
@@ -69,6 +71,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "backend.core.middleware.RequestSizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

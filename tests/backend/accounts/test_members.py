@@ -103,3 +103,11 @@ def test_another_hospitals_member_is_404(other_api: Any, clinician: Any) -> None
                            format="json").status_code == 404
     clinician.refresh_from_db()
     assert clinician.role == "clinician"
+
+
+def test_member_update_rejects_an_unknown_role(api: Any, clinician: Any) -> None:
+    response = api.patch(f"/api/hospital/members/{clinician.id}/", {"role": "owner"},
+                         format="json")
+    assert response.status_code == 400 and "role" in response.json()
+    clinician.refresh_from_db()
+    assert clinician.role == "clinician"

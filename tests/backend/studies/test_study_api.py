@@ -277,3 +277,13 @@ def test_uploads_are_not_reachable_under_a_media_url(
     for prefix in ("/media/", "/", "/static/"):
         response = APIClient().get(f"{prefix}{image.file.name}")
         assert response.status_code == 404 or b"\x89PNG" not in response.content
+
+
+def test_preview_of_an_unreadable_stored_file_is_404_not_500(
+    api: Any, make_study: MakeStudy
+) -> None:
+    image = make_study(["failed"]).images.get()
+    with image.file.open("wb") as handle:
+        handle.write(b"overwritten: no longer an image")
+    response = api.get(f"/api/images/{image.id}/preview/")
+    assert response.status_code == 404

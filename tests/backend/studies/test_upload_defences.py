@@ -254,3 +254,14 @@ def test_rejected_upload_leaves_no_file_in_storage(api: Any, settings: Any) -> N
     after = set(Path(settings.MEDIA_ROOT).rglob("*")) if Path(settings.MEDIA_ROOT).exists() \
         else set()
     assert {p for p in after - before if p.is_file()} == set()
+
+
+def test_request_over_the_request_size_limit_is_refused_with_413(
+    api: Any, settings: Any
+) -> None:
+    settings.MAX_UPLOAD_REQUEST_BYTES = 10_000
+    response = upload(api, ("a.png", png_bytes((200, 200), seed=1)),
+                      ("b.png", png_bytes(seed=2)))
+    assert response.status_code == 413
+    assert "larger than the limit" in response.json()["detail"]
+    assert Study.objects.count() == 0
