@@ -23,8 +23,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 ## One more inference worker in the foreground (same environment variables as `make run`).
+## WORKER_QUEUES=inference,default makes it take light work too. Ctrl-C: warm shutdown.
+WORKER_QUEUES ?= inference
 worker: $(STAMP)
-	$(PY) -m celery -A worker worker -Q inference --pool=prefork --concurrency=1 -n inference-$$RANDOM@%h --loglevel=INFO
+	$(PY) -m celery -A worker worker -Q $(WORKER_QUEUES) --pool=prefork --concurrency=1 -n inference-$$RANDOM@%h --loglevel=INFO
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -34,6 +36,7 @@ migrate: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/pipeline.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf var

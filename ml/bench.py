@@ -32,8 +32,9 @@ def _default_files(data: str | Path | None, n: int) -> list[Path] | list[bytes]:
         roots.append(base / "kermany-cxr" / "train")
     for root in roots:
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in
-                           (".jpeg", ".jpg", ".png", ".dcm"))
+            files = sorted(
+                p for p in root.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png", ".dcm")
+            )
             if files:
                 # spread over classes deterministically
                 step = max(1, len(files) // n)
@@ -55,10 +56,17 @@ def _default_files(data: str | Path | None, n: int) -> list[Path] | list[bytes]:
     return out
 
 
-def run_bench(checkpoint: str | Path, data: str | Path | None = None,
-              batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), with_cam: bool = True,
-              repeats: int = 3, device: str | None = None, threads: int | None = None,
-              min_images: int = 64, verbose: bool = True) -> list[dict[str, Any]]:
+def run_bench(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    with_cam: bool = True,
+    repeats: int = 3,
+    device: str | None = None,
+    threads: int | None = None,
+    min_images: int = 64,
+    verbose: bool = True,
+) -> list[dict[str, Any]]:
     pred = Predictor.from_checkpoint(checkpoint, device=device)
     if threads and pred.device.type == "cpu":
         torch.set_num_threads(int(threads))
@@ -75,8 +83,7 @@ def run_bench(checkpoint: str | Path, data: str | Path | None = None,
             sync()
             t0 = time.perf_counter()
             for c in chunks:
-                pred.predict_tensors(torch.stack([pred.to_tensor(f) for f in c]),
-                                     with_cam=with_cam)
+                pred.predict_tensors(torch.stack([pred.to_tensor(f) for f in c]), with_cam=with_cam)
             sync()
             full.append(n_batches * bs / (time.perf_counter() - t0))
             t0 = time.perf_counter()
@@ -95,12 +102,17 @@ def run_bench(checkpoint: str | Path, data: str | Path | None = None,
         }
         rows.append(row)
         if verbose:
-            print(f"batch {bs:3d}: {row['images_per_second']:8.1f} img/s with preprocessing, "
-                  f"{row['images_per_second_model_only']:8.1f} img/s model only"
-                  f"{' (CAM included)' if with_cam else ''}", flush=True)
+            print(
+                f"batch {bs:3d}: {row['images_per_second']:8.1f} img/s with preprocessing, "
+                f"{row['images_per_second_model_only']:8.1f} img/s model only"
+                f"{' (CAM included)' if with_cam else ''}",
+                flush=True,
+            )
     if verbose:
         best = max(rows, key=lambda r: r["images_per_second"])
-        print(f"best: batch {best['batch_size']} {best['images_per_second']} img/s "
-              f"({pred.name} {pred.version}, {pred.input_size}px, {pred.device}, "
-              f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()})")
+        print(
+            f"best: batch {best['batch_size']} {best['images_per_second']} img/s "
+            f"({pred.name} {pred.version}, {pred.input_size}px, {pred.device}, "
+            f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+        )
     return rows

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 
-def fit_temperature(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                    max_iter: int = 200) -> float:
+def fit_temperature(
+    logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray, max_iter: int = 200
+) -> float:
     """Temperature T > 0 minimising the NLL of softmax(logits / T) (Guo et al. 2017).
 
     A single scalar cannot change the ranking (AUC) nor the argmax, only the confidence.
@@ -46,8 +47,9 @@ def positive_score(probs: np.ndarray, classes: list[str]) -> np.ndarray:
     return probs[:, -1]
 
 
-def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray,
-                              target: float = 0.95) -> float:
+def threshold_for_sensitivity(
+    scores: np.ndarray, positive: np.ndarray, target: float = 0.95
+) -> float:
     """Largest threshold t such that sensitivity (score >= t among positives) >= target.
 
     Taking the *largest* such t maximises specificity at the requested sensitivity. The

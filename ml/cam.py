@@ -1,12 +1,18 @@
 """Class activation maps, bounding boxes and PNG/JPEG renderings.
 
 * Plain CAM (Zhou et al. 2016) when the model ends in global-average-pool + Linear: the map for
-  class c is ``sum_k W[c, k] * A_k`` over the last feature maps A. It is computed from the
-  features of the *same* forward pass that produced the logits (no second pass, no gradients),
-  so it runs under ``torch.inference_mode`` and cannot leak autograd graphs.
+  class c is ``sum_k (W[c, k] - mean_j W[j, k]) * A_k`` over the last feature maps A. We centre
+  the class weights because softmax is invariant to adding one vector to every class's
+  weights, so the raw ``W[c]`` map contains an arbitrary class-independent component; the
+  centred map is the one that explains the class's score *relative to the other classes*. For
+  two classes it is half the map of the logit margin ``logit_c - logit_other``.
+  It is computed from the features of the *same* forward pass that produced the logits (no
+  second pass, no gradients), so it runs under ``torch.inference_mode`` and cannot leak
+  autograd graphs.
 * Grad-CAM (Selvaraju et al. 2017) otherwise (e.g. vgg16, mobilenet_v3 whose heads are MLPs):
-  channel weights are the spatial mean of d logit_c / d A. The graph is freed immediately
-  (``torch.autograd.grad`` without ``retain_graph``).
+  channel weights are the spatial mean of d (logit_c - mean_j logit_j) / d A (the same
+  centring as above, so Grad-CAM equals CAM for GAP+linear heads). The graph is freed
+  immediately (``torch.autograd.grad`` without ``retain_graph``).
 """
 
 from __future__ import annotations
@@ -28,16 +34,21 @@ def _normalise_maps(cams: torch.Tensor) -> torch.Tensor:
     return cams / peak.view(-1, 1, 1)
 
 
-def cam_from_features(feats: torch.Tensor, linear: torch.nn.Linear,
-                      class_idx: torch.Tensor) -> torch.Tensor:
+def cam_from_features(
+    feats: torch.Tensor, linear: torch.nn.Linear, class_idx: torch.Tensor
+) -> torch.Tensor:
     """Plain CAM (B,h,w) in [0,1] for ``class_idx`` (B,) from GAP+linear features (B,K,h,w)."""
-    w = linear.weight[class_idx].to(feats.dtype)  # (B, K)
+    weight = linear.weight
+    w = (weight[class_idx] - weight.mean(dim=0, keepdim=True)).to(feats.dtype)  # (B, K)
     cams = torch.einsum("bk,bkhw->bhw", w, feats)
     return _normalise_maps(cams.float())
 
 
-def grad_cam(model: CamModel, x: torch.Tensor, class_idx: torch.Tensor | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def grad_cam(
+    model: CamModel,
+    x: torch.Tensor,
+    class_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM for a batch. Returns (logits, cams (B,h,w) in [0,1]); one forward pass.
 
     ``class_idx`` None means the argmax class. Samples are independent (eval-mode BN), so
@@ -52,7 +63,7 @@ def grad_cam(model: CamModel, x: torch.Tensor, class_idx: torch.Tensor | None = 
             feats = feats.detach().requires_grad_(True)
         logits = model.head(feats)
         idx = logits.argmax(1) if class_idx is None else class_idx.to(logits.device)
-        selected = logits.gather(1, idx[:, None]).sum()
+        selected = (logits.gather(1, idx[:, None])[:, 0] - logits.mean(dim=1)).sum()
         (grads,) = torch.autograd.grad(selected, feats)
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cams = (weights * feats).sum(dim=1).detach()
@@ -61,8 +72,11 @@ def grad_cam(model: CamModel, x: torch.Tensor, class_idx: torch.Tensor | None = 
     return logits.detach(), _normalise_maps(cams.float())
 
 
-def compute_cams(model: CamModel, x: torch.Tensor, class_idx: torch.Tensor | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_cams(
+    model: CamModel,
+    x: torch.Tensor,
+    class_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, cams) for a batch using plain CAM when possible, else Grad-CAM."""
     if model.linear is not None:
         with torch.inference_mode():
@@ -85,8 +99,10 @@ def upsample(cams: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def bounding_box(heatmap: np.ndarray, frac: float = 0.5,
-                 ) -> tuple[float, float, float, float] | None:
+def bounding_box(
+    heatmap: np.ndarray,
+    frac: float = 0.5,
+) -> tuple[float, float, float, float] | None:
     """(x0, y0, x1, y1) in [0,1] image coordinates of the connected region (8-connectivity)
     above ``frac * max`` that contains the maximum. None for an empty (all-zero) map."""
     from scipy import ndimage  # scipy ships with scikit-learn
@@ -102,8 +118,12 @@ def bounding_box(heatmap: np.ndarray, frac: float = 0.5,
     py, px = np.unravel_index(int(np.argmax(h)), h.shape)
     ys, xs = np.nonzero(labels == labels[py, px])
     H, W = h.shape
-    return (float(xs.min() / W), float(ys.min() / H), float((xs.max() + 1) / W),
-            float((ys.max() + 1) / H))
+    return (
+        float(xs.min() / W),
+        float(ys.min() / H),
+        float((xs.max() + 1) / W),
+        float((ys.max() + 1) / H),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,9 +164,14 @@ def _fit(h: int, w: int, max_size: int | None) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
-def overlay_png(gray_pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45,
-                bbox: tuple[float, float, float, float] | None = None,
-                max_size: int | None = 512, fmt: str = "png") -> bytes:
+def overlay_png(
+    gray_pixels: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float = 0.45,
+    bbox: tuple[float, float, float, float] | None = None,
+    max_size: int | None = 512,
+    fmt: str = "png",
+) -> bytes:
     """The radiograph with the heatmap blended on top (and optionally the bbox) as PNG/JPEG.
 
     ``gray_pixels``: HxW float in [0,1] (uint8 accepted). The heat is blended with opacity
@@ -169,8 +194,11 @@ def overlay_png(gray_pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4
     if bbox is not None:
         x0, y0, x1, y1 = bbox
         draw = ImageDraw.Draw(img)
-        draw.rectangle([x0 * ow, y0 * oh, x1 * ow - 1, y1 * oh - 1], outline=(0, 255, 0),
-                       width=max(1, round(max(oh, ow) / 256)))
+        draw.rectangle(
+            [x0 * ow, y0 * oh, x1 * ow - 1, y1 * oh - 1],
+            outline=(0, 255, 0),
+            width=max(1, round(max(oh, ow) / 256)),
+        )
     return _encode(img, fmt)
 
 

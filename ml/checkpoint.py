@@ -23,8 +23,16 @@ import torch
 from ml.models import CamModel, build_model
 
 FORMAT_VERSION = 1
-REQUIRED_META = ("arch", "task", "classes", "preprocessing", "threshold", "temperature",
-                 "name", "version")
+REQUIRED_META = (
+    "arch",
+    "task",
+    "classes",
+    "preprocessing",
+    "threshold",
+    "temperature",
+    "name",
+    "version",
+)
 
 
 class CheckpointError(ValueError):
@@ -86,15 +94,17 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: Mapping[str,
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load (state_dict, meta) with weights_only=True; validates the format."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - corrupt / non-checkpoint / unsafe pickle
+    except Exception as exc:
         raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise CheckpointError(f"{path} is not a pneumonia-model checkpoint")
@@ -108,8 +118,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     return payload["state_dict"], meta
 
 
-def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                          ) -> tuple[CamModel, dict[str, Any]]:
+def model_from_checkpoint(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+) -> tuple[CamModel, dict[str, Any]]:
     state, meta = load_checkpoint(path, map_location)
     model = build_model(meta["arch"], len(meta["classes"]), pretrained=False)
     model.load_state_dict(state)

@@ -11,15 +11,18 @@ from pathlib import Path
 from ml import TASKS, default_checkpoint
 
 
-def _command_line() -> str:
-    return "python -m ml " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+def _command_line(argv: list[str]) -> str:
+    return "python -m ml " + " ".join(shlex.quote(a) for a in argv)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from ml.models import ARCHS
 
-    p.add_argument("--data", required=True, help="data root (NORMAL/PNEUMONIA folders, "
-                   "train/val/test splits, or a path,label CSV)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="data root (NORMAL/PNEUMONIA folders, train/val/test splits, or a path,label CSV)",
+    )
     p.add_argument("--task", choices=TASKS, default="binary")
     p.add_argument("--arch", choices=ARCHS, default="pneumonet")
     p.add_argument("--epochs", type=int, default=20)
@@ -29,28 +32,38 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--loss", choices=("ce", "focal"), default="ce")
     p.add_argument("--focal-gamma", type=float, default=2.0)
-    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
-                   help="balanced class weights in the loss (default on)")
+    p.add_argument(
+        "--class-weights",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="balanced class weights in the loss (default on)",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--pretrained", action="store_true",
-                   help="start from torchvision ImageNet weights (must be in TORCH_HOME)")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from torchvision ImageNet weights (must be in TORCH_HOME)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--operating-sensitivity", type=float, default=0.95)
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips (off: see "
-                   "ml/transforms.py)")
+    p.add_argument(
+        "--hflip", action="store_true", help="random horizontal flips (off: see ml/transforms.py)"
+    )
     p.add_argument("--max-train-images", type=int, default=None)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    p.add_argument("--init-from", default=None,
-                   help="initialise matching layers from another checkpoint")
+    p.add_argument(
+        "--init-from", default=None, help="initialise matching layers from another checkpoint"
+    )
     p.add_argument("--name", default=None, help="model name (default pneumo-<task>)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--bootstrap", type=int, default=1000,
-                   help="bootstrap resamples for validation CIs")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for validation CIs"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -61,19 +74,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     records = discover(args.data, split=("train", "val"))
     cfg = TrainConfig(
-        task=args.task, arch=args.arch, epochs=args.epochs, input_size=args.input_size,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, loss=args.loss,
-        focal_gamma=args.focal_gamma, class_weights=args.class_weights,
-        label_smoothing=args.label_smoothing, schedule=args.schedule, seed=args.seed,
-        pretrained=args.pretrained, val_fraction=args.val_fraction,
-        operating_sensitivity=args.operating_sensitivity, patience=args.patience,
-        hflip=args.hflip, max_train_images=args.max_train_images, threads=args.threads,
-        device=args.device, init_from=args.init_from, name=args.name, version=args.version,
-        progress=not args.no_progress, bootstrap=args.bootstrap,
+        task=args.task,
+        arch=args.arch,
+        epochs=args.epochs,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        loss=args.loss,
+        focal_gamma=args.focal_gamma,
+        class_weights=args.class_weights,
+        label_smoothing=args.label_smoothing,
+        schedule=args.schedule,
+        seed=args.seed,
+        pretrained=args.pretrained,
+        val_fraction=args.val_fraction,
+        operating_sensitivity=args.operating_sensitivity,
+        patience=args.patience,
+        hflip=args.hflip,
+        max_train_images=args.max_train_images,
+        threads=args.threads,
+        device=args.device,
+        init_from=args.init_from,
+        name=args.name,
+        version=args.version,
+        progress=not args.no_progress,
+        bootstrap=args.bootstrap,
     )
     out = Path(args.out)
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.stem}_train"
-    result = train(cfg, records, log_dir=log_dir, command=_command_line())
+    result = train(cfg, records, log_dir=log_dir, command=_command_line(args.argv))
     save_checkpoint(out, result.model, result.meta)
     print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB); logs in {log_dir}")
     print("validation (calibrated, at the stored threshold):")
@@ -86,9 +116,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate import evaluate_checkpoint, format_summary, write_json
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
-    rep = evaluate_checkpoint(ckpt, args.data, split=args.split, n_boot=args.bootstrap,
-                              plots_dir=args.plots, batch_size=args.batch_size,
-                              threshold=args.threshold)
+    rep = evaluate_checkpoint(
+        ckpt,
+        args.data,
+        split=args.split,
+        n_boot=args.bootstrap,
+        plots_dir=args.plots,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+    )
     print(f"checkpoint {ckpt} on {args.data}:")
     print(format_summary(rep))
     if args.json:
@@ -101,10 +137,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ml.evaluate import recalibrate_checkpoint
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
-    meta = recalibrate_checkpoint(ckpt, args.data, args.out, sensitivity=args.sensitivity,
-                                  fit_temperature_too=not args.keep_temperature)
-    print(f"wrote {args.out}: threshold {meta['threshold']:.4f}, temperature "
-          f"{meta['temperature']:.3f} (fitted on {meta['calibration']['n']} site images)")
+    meta = recalibrate_checkpoint(
+        ckpt,
+        args.data,
+        args.out,
+        sensitivity=args.sensitivity,
+        fit_temperature_too=not args.keep_temperature,
+    )
+    print(
+        f"wrote {args.out}: threshold {meta['threshold']:.4f}, temperature "
+        f"{meta['temperature']:.3f} (fitted on {meta['calibration']['n']} site images)"
+    )
     return 0
 
 
@@ -128,10 +171,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             status = 1
             continue
         (p,) = pred.predict([decoded.pixels], with_cam=heat_dir is not None)
-        row = {"image": path, "label": p.label, "score": round(p.score, 4),
-               "threshold": round(p.threshold, 4),
-               "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
-               "bbox": [round(v, 3) for v in p.bbox] if p.bbox else None}
+        row = {
+            "image": path,
+            "label": p.label,
+            "score": round(p.score, 4),
+            "threshold": round(p.threshold, 4),
+            "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
+            "bbox": [round(v, 3) for v in p.bbox] if p.bbox else None,
+        }
         if heat_dir and p.heatmap is not None:
             out = heat_dir / (Path(path).stem + "_cam.png")
             out.write_bytes(overlay_png(decoded.pixels, p.heatmap, bbox=p.bbox))
@@ -145,10 +192,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ml.compare import run_compare
 
-    run_compare(data=args.data, archs=args.archs, out_dir=Path(args.out), epochs=args.epochs,
-                input_size=args.input_size, max_train_images=args.max_train_images,
-                batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-                task=args.task)
+    run_compare(
+        data=args.data,
+        archs=args.archs,
+        out_dir=Path(args.out),
+        epochs=args.epochs,
+        input_size=args.input_size,
+        max_train_images=args.max_train_images,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+        task=args.task,
+    )
     return 0
 
 
@@ -156,8 +211,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ml.bench import run_bench
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
-    rows = run_bench(ckpt, data=args.data, batch_sizes=args.batch_sizes, with_cam=not args.no_cam,
-                     repeats=args.repeats, device=args.device, threads=args.threads)
+    rows = run_bench(
+        ckpt,
+        data=args.data,
+        batch_sizes=args.batch_sizes,
+        with_cam=not args.no_cam,
+        repeats=args.repeats,
+        device=args.device,
+        threads=args.threads,
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
@@ -179,14 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="default: the shipped model of --task")
     p.add_argument("--task", choices=TASKS, default="binary")
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default=None,
-                   help="with a train/val/test layout: which split (default: test if present)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="with a train/val/test layout: which split (default: test if present)",
+    )
     p.add_argument("--json", default=None, help="write the full report here")
     p.add_argument("--plots", default=None, help="directory for ROC/PR/confusion PNGs")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: off)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threshold", type=float, default=None,
-                   help="override the stored decision threshold")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="override the stored decision threshold"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="refit temperature + threshold on site data")
@@ -194,8 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, default="binary")
     p.add_argument("--data", required=True, help="labelled local images (same layouts)")
     p.add_argument("--out", required=True)
-    p.add_argument("--sensitivity", type=float, default=None,
-                   help="target sensitivity (default: the checkpoint's operating point)")
+    p.add_argument(
+        "--sensitivity",
+        type=float,
+        default=None,
+        help="target sensitivity (default: the checkpoint's operating point)",
+    )
     p.add_argument("--keep-temperature", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
@@ -210,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train/evaluate several architectures, same protocol")
     p.add_argument("--data", required=True)
     p.add_argument("--task", choices=TASKS, default="binary")
-    p.add_argument("--archs", nargs="+",
-                   default=["pneumonet", "resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        default=["pneumonet", "resnet18", "mobilenet_v3_small", "efficientnet_b0"],
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--max-train-images", type=int, default=1500)
@@ -224,8 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput (images/s) per batch size")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--task", choices=TASKS, default="binary")
-    p.add_argument("--data", default=None, help="images to decode (default: Kermany train "
-                   "folder under PNEUMO_DATA_DIR or ../shared/data, else synthetic PNGs)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="images to decode (default: Kermany train "
+        "folder under PNEUMO_DATA_DIR or ../shared/data, else synthetic PNGs)",
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument("--no-cam", action="store_true", help="exclude CAM (serving includes it)")
     p.add_argument("--repeats", type=int, default=3)
@@ -237,5 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in checkpoints so every model says how it was made
     return int(args.func(args) or 0)

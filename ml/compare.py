@@ -39,10 +39,19 @@ def _speed(arch: str, size: int, num_classes: int, batch: int = 32, reps: int = 
     return batch * reps / (time.perf_counter() - t0)
 
 
-def run_compare(data: str | Path, archs: Sequence[str], out_dir: Path, epochs: int = 3,
-                input_size: int = 128, max_train_images: int | None = 1500,
-                batch_size: int = 32, seed: int = 42, threads: int = 2, task: str = "binary",
-                lr: float = 2e-3) -> list[dict[str, Any]]:
+def run_compare(
+    data: str | Path,
+    archs: Sequence[str],
+    out_dir: Path,
+    epochs: int = 3,
+    input_size: int = 128,
+    max_train_images: int | None = 1500,
+    batch_size: int = 32,
+    seed: int = 42,
+    threads: int = 2,
+    task: str = "binary",
+    lr: float = 2e-3,
+) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = discover(data, split=("train", "val"))
@@ -54,15 +63,34 @@ def run_compare(data: str | Path, archs: Sequence[str], out_dir: Path, epochs: i
     # Decode once, share between architectures: identical inputs for everyone.
     train_ds = CachedImageDataset(train_recs, task, input_size)
     val_ds = CachedImageDataset(val_recs, task, input_size)
-    budget = {"epochs": epochs, "input_size": input_size, "train_images": len(train_ds),
-              "val_images": len(val_ds), "batch_size": batch_size, "lr": lr,
-              "threads": threads, "seed": seed, "task": task, "pretrained": False}
+    budget = {
+        "epochs": epochs,
+        "input_size": input_size,
+        "train_images": len(train_ds),
+        "val_images": len(val_ds),
+        "batch_size": batch_size,
+        "lr": lr,
+        "threads": threads,
+        "seed": seed,
+        "task": task,
+        "pretrained": False,
+    }
     print(f"budget: {budget}", flush=True)
     rows: list[dict[str, Any]] = []
     for arch in archs:
-        cfg = TrainConfig(task=task, arch=arch, epochs=epochs, input_size=input_size,
-                          batch_size=batch_size, lr=lr, seed=seed, patience=epochs,
-                          threads=threads, progress=False, bootstrap=300)
+        cfg = TrainConfig(
+            task=task,
+            arch=arch,
+            epochs=epochs,
+            input_size=input_size,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            patience=epochs,
+            threads=threads,
+            progress=False,
+            bootstrap=300,
+        )
         t0 = time.time()
         res = train(cfg, [], datasets=(train_ds, val_ds), log=lambda s: None)
         secs = time.time() - t0
@@ -70,17 +98,21 @@ def run_compare(data: str | Path, archs: Sequence[str], out_dir: Path, epochs: i
         row = {
             "arch": arch,
             "params_m": round(count_parameters(res.model) / 1e6, 2),
-            "roc_auc": v["roc_auc"], "roc_auc_ci": v["ci95"].get("roc_auc"),
-            "accuracy": v["accuracy"], "sensitivity": v["sensitivity"],
-            "specificity": v["specificity"], "f1": v["f1"],
+            "roc_auc": v["roc_auc"],
+            "roc_auc_ci": v["ci95"].get("roc_auc"),
+            "accuracy": v["accuracy"],
+            "sensitivity": v["sensitivity"],
+            "specificity": v["specificity"],
+            "f1": v["f1"],
             "train_seconds": round(secs, 1),
             "infer_img_s": round(_speed(arch, input_size, len(res.meta["classes"])), 1),
             "plain_cam": res.model.linear is not None,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-        (out_dir / "results.json").write_text(json.dumps({"budget": budget, "rows": rows},
-                                                         indent=2) + "\n")
+        (out_dir / "results.json").write_text(
+            json.dumps({"budget": budget, "rows": rows}, indent=2) + "\n"
+        )
     _write_table(rows, budget, out_dir / "results.md")
     _plot(rows, out_dir / "compare.png")
     return rows
@@ -105,10 +137,12 @@ def _write_table(rows: list[dict[str, Any]], budget: dict[str, Any], path: Path)
     for r in rows:
         ci = r["roc_auc_ci"]
         auc = _fmt(r["roc_auc"]) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-        lines.append(f"| {r['arch']} | {r['params_m']} | {auc} | {_fmt(r['accuracy'])} | "
-                     f"{_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} | "
-                     f"{r['train_seconds']:.0f} | {r['infer_img_s']:.0f} | "
-                     f"{'yes' if r['plain_cam'] else 'Grad-CAM'} |")
+        lines.append(
+            f"| {r['arch']} | {r['params_m']} | {auc} | {_fmt(r['accuracy'])} | "
+            f"{_fmt(r['sensitivity'])} | {_fmt(r['specificity'])} | "
+            f"{r['train_seconds']:.0f} | {r['infer_img_s']:.0f} | "
+            f"{'yes' if r['plain_cam'] else 'Grad-CAM'} |"
+        )
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -32,10 +32,16 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 SPLIT_DIRS = ("train", "val", "test")
 _CLASS_DIRS = {"normal": "normal", "pneumonia": "pneumonia"}
 _LABEL_ALIASES = {
-    "normal": "normal", "0": "normal", "negative": "normal",
-    "pneumonia": "pneumonia", "1": "pneumonia", "positive": "pneumonia",
-    "bacterial": "bacterial", "bacteria": "bacterial",
-    "viral": "viral", "virus": "viral",
+    "normal": "normal",
+    "0": "normal",
+    "negative": "normal",
+    "pneumonia": "pneumonia",
+    "1": "pneumonia",
+    "positive": "pneumonia",
+    "bacterial": "bacterial",
+    "bacteria": "bacterial",
+    "viral": "viral",
+    "virus": "viral",
 }
 
 
@@ -174,8 +180,11 @@ def task_records(records: Sequence[Record], task: str) -> list[Record]:
     return [r for r in records if label_index(r.label, task) is not None]
 
 
-def split_by_patient(records: Sequence[Record], val_fraction: float, seed: int,
-                     ) -> tuple[list[Record], list[Record]]:
+def split_by_patient(
+    records: Sequence[Record],
+    val_fraction: float,
+    seed: int,
+) -> tuple[list[Record], list[Record]]:
     """Seeded patient-level split, stratified by each patient's (majority) fine label.
 
     All images of a patient land on the same side, so validation never sees a patient the
@@ -195,7 +204,7 @@ def split_by_patient(records: Sequence[Record], val_fraction: float, seed: int,
     for label in sorted(strata):
         pids = strata[label]
         order = rng.permutation(len(pids))
-        n_val = int(round(val_fraction * len(pids)))
+        n_val = round(val_fraction * len(pids))
         val_patients.update(pids[i] for i in order[:n_val])
     train = [r for r in records if r.patient not in val_patients]
     val = [r for r in records if r.patient in val_patients]
@@ -226,8 +235,9 @@ class CachedImageDataset(torch.utils.data.Dataset):
     Unreadable files are skipped and listed in ``self.skipped``.
     """
 
-    def __init__(self, records: Sequence[Record], task: str, size: int,
-                 progress: bool = False) -> None:
+    def __init__(
+        self, records: Sequence[Record], task: str, size: int, progress: bool = False
+    ) -> None:
         self.task = task
         self.size = int(size)
         self.classes = TASK_CLASSES[task]

@@ -118,13 +118,22 @@ def select_device(device: str | None = None) -> torch.device:
 def preprocessing_spec(arch: str, input_size: int) -> dict[str, Any]:
     channels = arch_channels(arch)
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-    return {"input_size": int(input_size), "mean": list(mean), "std": list(std),
-            "channels": channels}
+    return {
+        "input_size": int(input_size),
+        "mean": list(mean),
+        "std": list(std),
+        "channels": channels,
+    }
 
 
 @torch.inference_mode()
-def predict_logits(model: CamModel, ds: CachedImageDataset, spec: dict[str, Any],
-                   device: torch.device, batch_size: int = 128) -> torch.Tensor:
+def predict_logits(
+    model: CamModel,
+    ds: CachedImageDataset,
+    spec: dict[str, Any],
+    device: torch.device,
+    batch_size: int = 128,
+) -> torch.Tensor:
     model.eval()
     outs = []
     for start in range(0, len(ds), batch_size):
@@ -180,10 +189,14 @@ def _init_from(model: CamModel, path: str) -> list[str]:
     return skipped
 
 
-def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | None = None,
-          command: str | None = None, log: Callable[[str], None] | None = None,
-          datasets: tuple[CachedImageDataset, CachedImageDataset] | None = None,
-          ) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    records: Sequence[Record],
+    log_dir: str | Path | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+    datasets: tuple[CachedImageDataset, CachedImageDataset] | None = None,
+) -> TrainResult:
     """Train ``cfg.arch`` on ``records`` (split by patient here) and return the best model
     with its calibrated checkpoint metadata."""
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -201,8 +214,10 @@ def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | Non
             rng = np.random.default_rng(cfg.seed)
             keep = sorted(rng.choice(len(train_recs), cfg.max_train_images, replace=False))
             train_recs = [train_recs[i] for i in keep]
-        log(f"decoding {len(train_recs)} train + {len(val_recs)} val images "
-            f"at {cfg.input_size}px ...")
+        log(
+            f"decoding {len(train_recs)} train + {len(val_recs)} val images "
+            f"at {cfg.input_size}px ..."
+        )
         train_ds = CachedImageDataset(train_recs, cfg.task, cfg.input_size, cfg.progress)
         val_ds = CachedImageDataset(val_recs, cfg.task, cfg.input_size, cfg.progress)
     else:
@@ -225,7 +240,8 @@ def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | Non
     if cfg.class_weights:
         # "balanced" weights n / (k * n_c): every class contributes equally to the loss.
         weight = (counts.sum() / (len(classes) * counts.clamp(min=1))).to(device)
-        log(f"class weights {dict(zip(classes, [round(w, 3) for w in weight.tolist()]))}")
+        shown = [round(w, 3) for w in weight.tolist()]
+        log(f"class weights {dict(zip(classes, shown, strict=True))}")
     if cfg.loss == "focal":
         criterion: nn.Module = FocalLoss(cfg.focal_gamma, weight)
     elif cfg.loss == "ce":
@@ -238,13 +254,19 @@ def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | Non
     # fights the normalisation).
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.schedule == "onecycle":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2)
+            opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.2
+        )
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     else:
@@ -265,10 +287,16 @@ def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | Non
         t0 = time.time()
         perm = torch.randperm(len(train_ds), generator=gen)
         running, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress, leave=False, file=sys.stderr)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            disable=not cfg.progress,
+            leave=False,
+            file=sys.stderr,
+        )
         for step in bar:
-            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             if len(idx) < 2:  # BatchNorm needs >1 sample
                 continue
             x, y = train_ds.batch(idx)
@@ -293,24 +321,34 @@ def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | Non
         probs = torch.softmax(val_logits, 1).numpy()
         m = compute_metrics(probs, val_labels, classes, threshold=0.5)
         argmax_acc = float((probs.argmax(1) == val_labels).mean())
-        row = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]),
-               "train_loss": running / max(seen, 1), "val_loss": val_loss,
-               "val_roc_auc": m["roc_auc"] or 0.0, "val_accuracy": argmax_acc,
-               "seconds": time.time() - t0}
+        row = {
+            "epoch": epoch,
+            "lr": float(opt.param_groups[0]["lr"]),
+            "train_loss": running / max(seen, 1),
+            "val_loss": val_loss,
+            "val_roc_auc": m["roc_auc"] or 0.0,
+            "val_accuracy": argmax_acc,
+            "seconds": time.time() - t0,
+        }
         if len(classes) > 2:
             row["val_roc_auc_macro"] = m.get("roc_auc_macro_ovr") or 0.0
         history.append(row)
         # Selection metric: pneumonia-vs-normal ROC AUC (binary); for etiology the mean of that
         # and the macro one-vs-rest AUC, so bacterial/viral separation also counts.
-        score = row["val_roc_auc"] if len(classes) == 2 else 0.5 * (
-            row["val_roc_auc"] + row["val_roc_auc_macro"])
+        score = (
+            row["val_roc_auc"]
+            if len(classes) == 2
+            else 0.5 * (row["val_roc_auc"] + row["val_roc_auc_macro"])
+        )
         improved = score > best_auc + 1e-4
         if improved:
             best_auc, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
-        log(f"epoch {epoch:3d} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
+        log(
+            f"epoch {epoch:3d} train_loss {row['train_loss']:.4f} val_loss {val_loss:.4f} "
             f"val_auc {row['val_roc_auc']:.4f} val_acc {argmax_acc:.4f} "
-            f"{'*' if improved else ' '} {row['seconds']:.0f}s")
+            f"{'*' if improved else ' '} {row['seconds']:.0f}s"
+        )
         if log_dir is not None:
             _write_history(history, Path(log_dir))
         if epoch - best_epoch >= cfg.patience:
@@ -323,10 +361,12 @@ def train(cfg: TrainConfig, records: Sequence[Record], log_dir: str | Path | Non
     temperature = fit_temperature(val_logits, val_ds.labels)
     probs = apply_temperature(val_logits, temperature)
     pos = val_labels != classes.index("normal")
-    threshold = threshold_for_sensitivity(positive_score(probs, classes), pos,
-                                          cfg.operating_sensitivity)
-    val_report = full_report(probs, val_labels, classes, threshold, n_boot=cfg.bootstrap,
-                             seed=cfg.seed)
+    threshold = threshold_for_sensitivity(
+        positive_score(probs, classes), pos, cfg.operating_sensitivity
+    )
+    val_report = full_report(
+        probs, val_labels, classes, threshold, n_boot=cfg.bootstrap, seed=cfg.seed
+    )
     val_report.pop("report", None)
     train_seconds = time.time() - t_start
     log(f"best epoch {best_epoch}; temperature {temperature:.3f}; threshold {threshold:.4f}")

@@ -7,6 +7,7 @@ etiology task the 3-class accuracy, macro ROC AUC and per-class report are added
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         m = (conf > lo) & (conf <= hi)
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
@@ -67,8 +68,9 @@ def _safe(fn: Any, *args: Any, **kw: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                    threshold: float) -> dict[str, Any]:
+def compute_metrics(
+    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float
+) -> dict[str, Any]:
     """Point estimates. ``labels`` are class indices of ``classes``."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=int)
@@ -80,7 +82,7 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str
     pred_pos = (pred != normal).astype(int)
     tn, fp, fn, tp = confusion_matrix(y_pos, pred_pos, labels=[0, 1]).ravel()
     out: dict[str, Any] = {
-        "n": int(len(labels)),
+        "n": len(labels),
         "threshold": float(threshold),
         "accuracy": float((pred == labels).mean()) if len(labels) else None,
         "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
@@ -90,8 +92,9 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str
         "roc_auc": _safe(roc_auc_score, y_pos, score),
         "pr_auc": _safe(average_precision_score, y_pos, score),
         "ece": expected_calibration_error(probs, labels) if len(labels) else None,
-        "confusion_matrix": confusion_matrix(labels, pred,
-                                             labels=list(range(len(classes)))).tolist(),
+        "confusion_matrix": confusion_matrix(
+            labels, pred, labels=list(range(len(classes)))
+        ).tolist(),
         "classes": classes,
     }
     if len(classes) > 2:
@@ -99,24 +102,36 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str
         out["macro_f1"] = _safe(f1_score, labels, pred, average="macro", zero_division=0)
         present = np.unique(labels)
         if len(present) == len(classes):
-            out["roc_auc_macro_ovr"] = _safe(roc_auc_score, labels, probs, multi_class="ovr",
-                                             average="macro")
+            out["roc_auc_macro_ovr"] = _safe(
+                roc_auc_score, labels, probs, multi_class="ovr", average="macro"
+            )
         out["recall_per_class"] = {
             c: _safe(recall_score, labels == i, pred == i, zero_division=0)
             for i, c in enumerate(classes)
         }
-    out["report"] = classification_report(labels, pred, labels=list(range(len(classes))),
-                                          target_names=classes, output_dict=True,
-                                          zero_division=0)
+    out["report"] = classification_report(
+        labels,
+        pred,
+        labels=list(range(len(classes))),
+        target_names=classes,
+        output_dict=True,
+        zero_division=0,
+    )
     return out
 
 
 CI_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 
 
-def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float,
-                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                 ) -> dict[str, list[float] | None]:
+def bootstrap_ci(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, list[float] | None]:
     """Percentile bootstrap CIs (resampling images) for the headline metrics.
 
     Note: images of one patient are correlated, so image-level resampling slightly
@@ -154,13 +169,22 @@ def bootstrap_ci(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], 
             samples["pr_auc"].append(float(average_precision_score(yp, sc)))
     out: dict[str, list[float] | None] = {}
     for k, v in samples.items():
-        out[k] = ([float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))]
-                  if len(v) >= 10 else None)
+        out[k] = (
+            [float(np.quantile(v, alpha / 2)), float(np.quantile(v, 1 - alpha / 2))]
+            if len(v) >= 10
+            else None
+        )
     return out
 
 
-def full_report(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float,
-                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def full_report(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     rep = compute_metrics(probs, labels, classes, threshold)
     rep["ci95"] = bootstrap_ci(probs, labels, classes, threshold, n_boot=n_boot, seed=seed)
     return rep
@@ -170,8 +194,20 @@ def format_summary(rep: dict[str, Any]) -> str:
     """Human-readable one-metric-per-line summary with CIs when present."""
     ci = rep.get("ci95") or {}
     lines = []
-    keys = ["n", "threshold", "accuracy", "sensitivity", "specificity", "precision", "f1",
-            "roc_auc", "pr_auc", "ece", "macro_f1", "roc_auc_macro_ovr"]
+    keys = [
+        "n",
+        "threshold",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "ece",
+        "macro_f1",
+        "roc_auc_macro_ovr",
+    ]
     for k in keys:
         if k not in rep or rep[k] is None:
             continue
@@ -180,13 +216,21 @@ def format_summary(rep: dict[str, Any]) -> str:
         if ci.get(k):
             s += f"  (95% CI {ci[k][0]:.3f}-{ci[k][1]:.3f})"
         lines.append(f"{k:>18}: {s}")
-    lines.append(f"{'confusion_matrix':>18}: {rep['confusion_matrix']} (rows=true "
-                 f"{rep['classes']}, cols=predicted)")
+    lines.append(
+        f"{'confusion_matrix':>18}: {rep['confusion_matrix']} (rows=true "
+        f"{rep['classes']}, cols=predicted)"
+    )
     return "\n".join(lines)
 
 
-def save_plots(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float,
-               out_dir: str | Path, prefix: str = "") -> list[Path]:
+def save_plots(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    out_dir: str | Path,
+    prefix: str = "",
+) -> list[Path]:
     """ROC, precision-recall and confusion-matrix PNGs (matplotlib Agg)."""
     import matplotlib
 
@@ -202,13 +246,17 @@ def save_plots(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], th
     score = positive_score(np.asarray(probs), classes)
     paths: list[Path] = []
     if 0 < y_pos.sum() < len(y_pos):
-        fpr, tpr, thr = roc_curve(y_pos, score)
+        fpr, tpr, _ = roc_curve(y_pos, score)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot(fpr, tpr, label=f"AUC={roc_auc_score(y_pos, score):.3f}")
         pred = score >= threshold
-        ax.scatter([1 - ((~pred) & (y_pos == 0)).sum() / max((y_pos == 0).sum(), 1)],
-                   [(pred & (y_pos == 1)).sum() / max(y_pos.sum(), 1)], color="red",
-                   zorder=3, label=f"threshold {threshold:.3f}")
+        ax.scatter(
+            [1 - ((~pred) & (y_pos == 0)).sum() / max((y_pos == 0).sum(), 1)],
+            [(pred & (y_pos == 1)).sum() / max(y_pos.sum(), 1)],
+            color="red",
+            zorder=3,
+            label=f"threshold {threshold:.3f}",
+        )
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (pneumonia vs normal)")
         ax.legend(loc="lower right")
@@ -233,8 +281,14 @@ def save_plots(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], th
     ax.imshow(cm, cmap="Blues")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
@@ -267,9 +321,13 @@ def _eval_split(data: str | Path, split: str | None) -> str | tuple[str, ...] | 
     return None
 
 
-def checkpoint_probs(checkpoint: str | Path, data: str | Path, split: str | None = None,
-                     batch_size: int = 64, device: str | None = None,
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, list[str]]:
+def checkpoint_probs(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str | None = None,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, list[str]]:
     """(calibrated probs, raw logits, labels, predictor, skipped) over a labelled folder/CSV.
 
     Images go through the serving path (decode_image -> to_model_tensor), not the training
@@ -290,7 +348,7 @@ def checkpoint_probs(checkpoint: str | Path, data: str | Path, split: str | None
     skipped: list[str] = []
     for start in range(0, len(records), batch_size):
         xs = []
-        for r in records[start:start + batch_size]:
+        for r in records[start : start + batch_size]:
             try:
                 xs.append(pred.to_tensor(r.path))
             except ImageDecodeError as exc:
@@ -308,27 +366,44 @@ def checkpoint_probs(checkpoint: str | Path, data: str | Path, split: str | None
     return probs, logits_t.numpy(), np.asarray(labels), pred, skipped
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str | None = None,
-                        n_boot: int = 1000, plots_dir: str | Path | None = None,
-                        batch_size: int = 64, threshold: float | None = None,
-                        device: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str | None = None,
+    n_boot: int = 1000,
+    plots_dir: str | Path | None = None,
+    batch_size: int = 64,
+    threshold: float | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Full metrics report of a checkpoint on labelled data at its stored threshold."""
-    probs, _, labels, pred, skipped = checkpoint_probs(checkpoint, data, split, batch_size,
-                                                       device)
+    probs, _, labels, pred, skipped = checkpoint_probs(checkpoint, data, split, batch_size, device)
     thr = pred.threshold if threshold is None else float(threshold)
     rep = compute_metrics(probs, labels, pred.classes, thr)
     if n_boot > 0:
         rep["ci95"] = bootstrap_ci(probs, labels, pred.classes, thr, n_boot=n_boot)
-    rep.update({"checkpoint": str(checkpoint), "model": pred.name, "version": pred.version,
-                "task": pred.task, "data": str(data), "skipped": skipped})
+    rep.update(
+        {
+            "checkpoint": str(checkpoint),
+            "model": pred.name,
+            "version": pred.version,
+            "task": pred.task,
+            "data": str(data),
+            "skipped": skipped,
+        }
+    )
     if plots_dir:
         rep["plots"] = [str(p) for p in save_plots(probs, labels, pred.classes, thr, plots_dir)]
     return rep
 
 
-def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path,
-                           sensitivity: float | None = None,
-                           fit_temperature_too: bool = True) -> dict[str, Any]:
+def recalibrate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    sensitivity: float | None = None,
+    fit_temperature_too: bool = True,
+) -> dict[str, Any]:
     """Refit temperature (optional) and the operating threshold on a site's labelled images
     and write a new checkpoint; the weights are unchanged."""
     import datetime as dt
@@ -338,26 +413,41 @@ def recalibrate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | 
 
     _, logits, labels, pred, skipped = checkpoint_probs(checkpoint, data)
     meta = dict(pred.meta)
-    target = float(sensitivity if sensitivity is not None
-                   else (meta.get("operating_point") or {}).get("value", 0.95))
+    target = float(
+        sensitivity
+        if sensitivity is not None
+        else (meta.get("operating_point") or {}).get("value", 0.95)
+    )
     temperature = fit_temperature(logits, labels) if fit_temperature_too else pred.temperature
     probs = apply_temperature(logits, temperature)
     pos = labels != pred.classes.index("normal")
     if pos.sum() == 0 or (~pos).sum() == 0:
         raise ValueError("recalibration data must contain both normal and pneumonia images")
     threshold = threshold_for_sensitivity(positive_score(probs, pred.classes), pos, target)
-    meta.update({
-        "threshold": threshold,
-        "temperature": temperature,
-        "operating_point": {**(meta.get("operating_point") or {}), "value": target,
-                            "chosen_on": f"site data {data}"},
-        "calibration": {"data": str(data), "n": int(len(labels)), "skipped": len(skipped),
-                        "previous_threshold": pred.threshold,
-                        "previous_temperature": pred.temperature,
-                        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                        "metrics": {k: v for k, v in compute_metrics(
-                            probs, labels, pred.classes, threshold).items() if k != "report"}},
-    })
+    meta.update(
+        {
+            "threshold": threshold,
+            "temperature": temperature,
+            "operating_point": {
+                **(meta.get("operating_point") or {}),
+                "value": target,
+                "chosen_on": f"site data {data}",
+            },
+            "calibration": {
+                "data": str(data),
+                "n": len(labels),
+                "skipped": len(skipped),
+                "previous_threshold": pred.threshold,
+                "previous_temperature": pred.temperature,
+                "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "metrics": {
+                    k: v
+                    for k, v in compute_metrics(probs, labels, pred.classes, threshold).items()
+                    if k != "report"
+                },
+            },
+        }
+    )
     meta.pop("created_at", None)
     save_checkpoint(out, pred.model.cpu(), meta)
     return meta

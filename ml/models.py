@@ -26,8 +26,9 @@ class CamModel(nn.Module):
     Grad-CAM on ``features``.
     """
 
-    def __init__(self, features: nn.Module, head: nn.Module, linear: nn.Linear | None,
-                 in_channels: int) -> None:
+    def __init__(
+        self, features: nn.Module, head: nn.Module, linear: nn.Linear | None, in_channels: int
+    ) -> None:
         super().__init__()
         self.features = features
         self.head = head
@@ -70,8 +71,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -79,8 +81,11 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.short(x))
 
 
-def pneumonet_features(in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256),
-                       blocks: tuple[int, ...] = (1, 1, 2, 1)) -> tuple[nn.Module, int]:
+def pneumonet_features(
+    in_channels: int = 1,
+    widths: tuple[int, ...] = (32, 64, 128, 256),
+    blocks: tuple[int, ...] = (1, 1, 2, 1),
+) -> tuple[nn.Module, int]:
     """Small ResNet-style trunk: two stride-2 stem convs, then 4 stages (strides 1,2,2,2).
 
     Total stride 32, like ResNet, so a 192 px input gives a 6x6 CAM grid. ~1.5 M parameters,
@@ -88,9 +93,11 @@ def pneumonet_features(in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 
     """
     stem_w = widths[0] // 2
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, stem_w, 3, 2, 1, bias=False), nn.BatchNorm2d(stem_w),
+        nn.Conv2d(in_channels, stem_w, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(stem_w),
         nn.ReLU(inplace=True),
-        nn.Conv2d(stem_w, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]),
+        nn.Conv2d(stem_w, widths[0], 3, 2, 1, bias=False),
+        nn.BatchNorm2d(widths[0]),
         nn.ReLU(inplace=True),
     ]
     cin = widths[0]
@@ -116,8 +123,9 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bn2.weight)
 
 
-def _build_pneumonet(num_classes: int, in_channels: int, width: int = 32,
-                     dropout: float = 0.2) -> CamModel:
+def _build_pneumonet(
+    num_classes: int, in_channels: int, width: int = 32, dropout: float = 0.2
+) -> CamModel:
     widths = (width, width * 2, width * 4, width * 8)
     feats, c = pneumonet_features(in_channels, widths)
     head = GapLinearHead(c, num_classes, dropout)
@@ -150,7 +158,7 @@ def _load_tv(arch: str, pretrained: bool) -> nn.Module:
     weights = getattr(tvm, _TV_WEIGHTS[arch]).IMAGENET1K_V1
     try:
         return ctor(weights=weights)
-    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, RuntimeError, OSError...
+    except Exception as exc:
         torch_home = os.environ.get("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
         fname = weights.url.rsplit("/", 1)[-1]
         raise PretrainedWeightsUnavailable(
@@ -164,8 +172,16 @@ def _load_tv(arch: str, pretrained: bool) -> nn.Module:
 
 def _wrap_tv(arch: str, net: nn.Module, num_classes: int) -> CamModel:
     if arch.startswith("resnet"):
-        feats = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
-                              net.layer3, net.layer4)
+        feats = nn.Sequential(
+            net.conv1,
+            net.bn1,
+            net.relu,
+            net.maxpool,
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         head = GapLinearHead(net.fc.in_features, num_classes)
         return CamModel(feats, head, head.fc, 3)
     if arch.startswith("densenet"):
@@ -220,10 +236,10 @@ def _pn_builder(width: int) -> Callable[[int, bool], CamModel]:
 
 
 REGISTRY: dict[str, ArchInfo] = {
-    "pneumonet": ArchInfo("pneumonet", 1, "compact ResNet-style CNN, 1-channel, GAP+linear",
-                          _pn_builder(32)),
-    "pneumonet_small": ArchInfo("pneumonet_small", 1, "pneumonet at half width",
-                                _pn_builder(16)),
+    "pneumonet": ArchInfo(
+        "pneumonet", 1, "compact ResNet-style CNN, 1-channel, GAP+linear", _pn_builder(32)
+    ),
+    "pneumonet_small": ArchInfo("pneumonet_small", 1, "pneumonet at half width", _pn_builder(16)),
 }
 for _arch in _TV_WEIGHTS:
     REGISTRY[_arch] = ArchInfo(_arch, 3, f"torchvision {_arch}", _tv_builder(_arch))

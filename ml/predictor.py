@@ -29,9 +29,13 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (without the heatmap array)."""
-        return {"label": self.label, "probabilities": dict(self.probabilities),
-                "score": self.score, "threshold": self.threshold,
-                "bbox": list(self.bbox) if self.bbox else None}
+        return {
+            "label": self.label,
+            "probabilities": dict(self.probabilities),
+            "score": self.score,
+            "threshold": self.threshold,
+            "bbox": list(self.bbox) if self.bbox else None,
+        }
 
 
 def default_threads() -> int:
@@ -47,10 +51,14 @@ def default_threads() -> int:
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any],
-                 device: str | torch.device | None = None) -> None:
-        self.device = torch.device(device) if device else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(
+        self, model: torch.nn.Module, meta: dict[str, Any], device: str | torch.device | None = None
+    ) -> None:
+        self.device = (
+            torch.device(device)
+            if device
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         if self.device.type == "cpu":
             torch.set_num_threads(default_threads())
         self.model = model.to(self.device).eval()
@@ -66,8 +74,11 @@ class Predictor:
         self._normal = self.classes.index("normal")
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device | None = None,
-                        ) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+    ) -> Predictor:
         model, meta = model_from_checkpoint(path, map_location="cpu")
         return cls(model, meta, device)
 
@@ -80,15 +91,16 @@ class Predictor:
             pixels = decode_image(source).pixels
         return to_model_tensor(pixels, self.input_size, self.mean, self.std, self.channels)
 
-    def predict(self, sources: Sequence[Source], with_cam: bool = True,
-                batch_size: int = 32) -> list[Prediction]:
+    def predict(
+        self, sources: Sequence[Source], with_cam: bool = True, batch_size: int = 32
+    ) -> list[Prediction]:
         """Predict a list of paths / bytes / decoded HxW arrays (float [0,1] or uint8).
 
         Raises ml.preprocess.ImageDecodeError for an undecodable input.
         """
         out: list[Prediction] = []
         for start in range(0, len(sources), batch_size):
-            chunk = sources[start:start + batch_size]
+            chunk = sources[start : start + batch_size]
             batch = torch.stack([self.to_tensor(s) for s in chunk])
             out.extend(self.predict_tensors(batch, with_cam=with_cam))
         return out
@@ -132,12 +144,16 @@ class Predictor:
         results = []
         for i, (cls_idx, score) in enumerate(decisions):
             heat = cams[i] if cams is not None else None
-            results.append(Prediction(
-                label=self.classes[cls_idx],
-                probabilities={c: float(p) for c, p in zip(self.classes, probs[i], strict=True)},
-                score=score,
-                threshold=self.threshold,
-                heatmap=heat,
-                bbox=bounding_box(heat) if heat is not None else None,
-            ))
+            results.append(
+                Prediction(
+                    label=self.classes[cls_idx],
+                    probabilities={
+                        c: float(p) for c, p in zip(self.classes, probs[i], strict=True)
+                    },
+                    score=score,
+                    threshold=self.threshold,
+                    heatmap=heat,
+                    bbox=bounding_box(heat) if heat is not None else None,
+                )
+            )
         return results

@@ -7,6 +7,7 @@ resized, normalised tensor. The training Dataset (``ml.data``) calls exactly the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from collections.abc import Mapping, Sequence
@@ -129,10 +130,9 @@ def _decode_pillow(data: bytes, fmt: str) -> DecodedImage:
         raise ImageDecodeError(f"corrupt or truncated {fmt.upper()} image: {exc}") from exc
 
     # Honour EXIF orientation so a phone photo of a film is upright as the user saw it.
-    try:
+    # A broken EXIF block must not reject an otherwise valid image.
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a valid image
-        pass
 
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
@@ -171,7 +171,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise ImageDecodeError(f"not a readable DICOM file: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage input
+    except Exception as exc:
         raise ImageDecodeError(f"not a readable DICOM file: {exc}") from exc
 
     if "PixelData" not in ds:
@@ -208,7 +208,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     tsuid = ds.file_meta.TransferSyntaxUID
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - decoder plugins raise RuntimeError/ValueError/...
+    except Exception as exc:
         name = getattr(tsuid, "name", str(tsuid))
         reason = str(exc).strip().splitlines()
         detail = reason[-1].strip() if reason else type(exc).__name__
@@ -234,7 +234,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
             # window the modality chose for display: this is what a radiologist would see.
             arr = apply_modality_lut(arr, ds)
             arr = apply_voi_lut(arr, ds, index=0)
-        except Exception as exc:  # noqa: BLE001 - malformed LUTs must be a clean rejection
+        except Exception as exc:
             raise ImageDecodeError(f"invalid DICOM LUT/window attributes: {exc}") from exc
 
     pixels = _to_unit_range(np.asarray(arr))
@@ -248,8 +248,9 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         value = ds.get(key)
         if value is not None and str(value).strip() != "":
             metadata[key] = str(value).strip()
-    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32),
-                        metadata=metadata, format="dicom")
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32), metadata=metadata, format="dicom"
+    )
 
 
 def decode_image(source: str | Path | bytes) -> DecodedImage:
@@ -262,9 +263,7 @@ def decode_image(source: str | Path | bytes) -> DecodedImage:
     data = _read_source(source)
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageDecodeError(
-            "unrecognised file format: expected a JPEG, PNG or DICOM image"
-        )
+        raise ImageDecodeError("unrecognised file format: expected a JPEG, PNG or DICOM image")
     if fmt == "dicom":
         return _decode_dicom(data)
     return _decode_pillow(data, fmt)
@@ -281,19 +280,24 @@ def resize_pixels(pixels: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     The aspect ratio is *not* preserved: the training JPEGs were squashed to 224x224 from their
     original aspect, so squashing here reproduces the training distribution.
     """
-    t = torch.as_tensor(np.asarray(pixels, dtype=np.float32)) if not isinstance(
-        pixels, torch.Tensor) else pixels.float()
+    t = (
+        torch.as_tensor(np.asarray(pixels, dtype=np.float32))
+        if not isinstance(pixels, torch.Tensor)
+        else pixels.float()
+    )
     if t.ndim != 2:
         raise ValueError(f"expected HxW grayscale pixels, got shape {tuple(t.shape)}")
     if tuple(t.shape) == (size, size):
         return t.clone()
-    out = F.interpolate(t[None, None], size=(size, size), mode="bilinear",
-                        align_corners=False, antialias=True)
+    out = F.interpolate(
+        t[None, None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
     return out[0, 0].clamp_(0.0, 1.0)
 
 
-def normalize(t: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-              channels: int) -> torch.Tensor:
+def normalize(
+    t: torch.Tensor, mean: Sequence[float], std: Sequence[float], channels: int
+) -> torch.Tensor:
     """(…, 1, H, W) or (1, H, W) in [0,1] -> (…, channels, H, W) normalised."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -309,9 +313,13 @@ def normalize(t: torch.Tensor, mean: Sequence[float], std: Sequence[float],
     return (t - m.view(-1, 1, 1)) / s.view(-1, 1, 1)
 
 
-def to_model_tensor(pixels: np.ndarray | torch.Tensor, input_size: int,
-                    mean: Sequence[float], std: Sequence[float],
-                    channels: int = 1) -> torch.Tensor:
+def to_model_tensor(
+    pixels: np.ndarray | torch.Tensor,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int = 1,
+) -> torch.Tensor:
     """float32 HxW [0,1] -> (channels, input_size, input_size) normalised float32 tensor."""
     resized = resize_pixels(pixels, int(input_size))
     return normalize(resized[None], mean, std, int(channels)).contiguous()
@@ -335,8 +343,5 @@ def preprocess(source: str | Path | bytes | np.ndarray, spec: Mapping[str, Any])
     ``source`` may also be an already-decoded HxW float array in [0, 1].
     """
     size, mean, std, channels = spec_values(spec)
-    if isinstance(source, np.ndarray):
-        pixels = source
-    else:
-        pixels = decode_image(source).pixels
+    pixels = source if isinstance(source, np.ndarray) else decode_image(source).pixels
     return to_model_tensor(pixels, size, mean, std, channels)

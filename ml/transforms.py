@@ -43,8 +43,11 @@ class RadiographAugment:
     erase_frac: tuple[float, float] = (0.05, 0.15)
     hflip_p: float = 0.0
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
-                 ) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Augment a (B,C,H,W) batch in [0,1]; returns a new tensor in [0,1]."""
         b, _, h, w = x.shape
         g = generator
@@ -61,10 +64,13 @@ class RadiographAugment:
         ty = u(-self.translate, self.translate) * 2.0
         flip = torch.where(u(0.0, 1.0) < self.hflip_p, -1.0, 1.0)
         cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-        theta = torch.stack([
-            torch.stack([cos * flip, -sin, tx], dim=1),
-            torch.stack([sin * flip, cos, ty], dim=1),
-        ], dim=1)
+        theta = torch.stack(
+            [
+                torch.stack([cos * flip, -sin, tx], dim=1),
+                torch.stack([sin * flip, cos, ty], dim=1),
+            ],
+            dim=1,
+        )
         grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         # Zero padding = black, i.e. what a collimated / shifted exposure looks like.
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -92,5 +98,5 @@ class RadiographAugment:
             fill = u(0.0, 1.0)
             for i in range(b):
                 if do[i]:
-                    out[i, :, y0[i]:y0[i] + eh[i], x0[i]:x0[i] + ew[i]] = fill[i]
+                    out[i, :, y0[i] : y0[i] + eh[i], x0[i] : x0[i] + ew[i]] = fill[i]
         return out.clamp_(0.0, 1.0)

@@ -7,6 +7,10 @@ import os
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.config.settings.local")
+# Before torch is imported: OpenMP threads that wait passively instead of spinning. On a CPU
+# shared with other processes, spinning threads made batched inference 2-10x slower
+# (docs/benchmarks.md); on a dedicated machine the difference is within noise.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # `include` imports the tasks only in worker processes; the web process sends tasks by name.
 # worker.tasks itself imports neither torch nor the model: an inference worker's pool process

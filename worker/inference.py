@@ -59,6 +59,7 @@ class ChunkReport:
     failed: int
     skipped: int
     seconds: float
+    stages: dict[str, float] | None = None  # seconds per step: claim, prepare, forward, ...
 
 
 _models: Models | None = None
@@ -200,8 +201,18 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
                                            reason=f"The model could not be loaded: {exc}")
         return ChunkReport(done=0, failed=failed, skipped=len(image_ids) - failed,
                            seconds=time.perf_counter() - started)
+    stages: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stages[stage] = now - mark
+        mark = now
+
     claim = services.chunk_claim(image_ids=image_ids,
                                  max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
+    lap("claim")
     failures: dict[UUID, str] = {}
     prepared: list[_Prepared] = []
     pool = executor()
@@ -212,6 +223,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
             failures[image.id] = outcome
         else:
             prepared.append(outcome)
+    lap("prepare")
     results: list[Result] = []
     if prepared:
         forward_started = time.perf_counter()
@@ -223,15 +235,20 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
                                   torch.stack([p.etiology_x for p in prepared]),  # type: ignore[misc]
                                   with_cam=False))
         per_image_ms = (time.perf_counter() - forward_started) * 1000 / len(prepared)
+        lap("forward")
         results = list(pool.map(
             lambda args: _render(*args, models, per_image_ms),
             zip(prepared, preds, etios, strict=True),
         ))
         del preds, etios
+        lap("render")
     done = services.results_record_many(results=results, failures=failures)
+    lap("record")
     skipped = len(image_ids) - len(claim.images) - len(claim.given_up)
     report = ChunkReport(done=done, failed=len(failures) + len(claim.given_up),
-                         skipped=skipped, seconds=time.perf_counter() - started)
-    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s", len(image_ids),
-                report.done, report.failed, report.skipped, report.seconds)
+                         skipped=skipped, seconds=time.perf_counter() - started,
+                         stages=stages)
+    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s (%s)", len(image_ids),
+                report.done, report.failed, report.skipped, report.seconds,
+                " ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items()))
     return report

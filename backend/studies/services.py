@@ -365,7 +365,11 @@ def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int) -> Claime
                 todo.append(image)
         Image.objects.bulk_update(images, ["status", "started_at", "attempts", "error",
                                            "finished_at"])
-    for study_id in sorted({image.study_id for image in images}):
+    # A study already `processing` stays so while it has unfinished images: refresh only the
+    # studies this claim can change (queued ones, or those with an image given up).
+    stale = {image.study_id for image in images
+             if image.study.status == Study.Status.QUEUED or image.id in given_up}
+    for study_id in sorted(stale):
         study_refresh_status(study_id=study_id)
     return ClaimedChunk(images=todo, given_up=given_up)
 
@@ -406,9 +410,19 @@ def results_record_many(
     for stale in (r for r in results if r.image_id not in open_images):
         if stale.heatmap:
             stale.heatmap.delete(save=False)
-    for study_id in sorted({image.study_id for image in changed}):
-        study_refresh_status(study_id=study_id)
+    _refresh_if_finished({image.study_id for image in changed})
     return len(fresh)
+
+
+def _refresh_if_finished(study_ids: set[UUID]) -> None:
+    """Refresh the studies with no unfinished image left (the others stay `processing`)."""
+    unfinished = set(
+        Image.objects.filter(study_id__in=study_ids,
+                             status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
+        .values_list("study_id", flat=True).distinct()
+    )
+    for study_id in sorted(study_ids - unfinished):
+        study_refresh_status(study_id=study_id)
 
 
 def images_fail_many(*, image_ids: Sequence[str | UUID], reason: str) -> int:

@@ -67,10 +67,13 @@ def test_discover_split_layout_and_csv(synthetic_folder: Path, tmp_path: Path) -
     assert len(discover(root)) == 8
 
     csv_path = tmp_path / "manifest.csv"
-    rows = ["path,label"] + [f"{p},{lab}" for p, lab in (
-        (synthetic_folder / "NORMAL" / "IM-0000-0001.jpeg", "normal"),
-        (synthetic_folder / "PNEUMONIA" / "person1_bacteria_1.jpeg", "PNEUMONIA"),
-    )]
+    rows = ["path,label"] + [
+        f"{p},{lab}"
+        for p, lab in (
+            (synthetic_folder / "NORMAL" / "IM-0000-0001.jpeg", "normal"),
+            (synthetic_folder / "PNEUMONIA" / "person1_bacteria_1.jpeg", "PNEUMONIA"),
+        )
+    ]
     csv_path.write_text("\n".join(rows) + "\n")
     recs = discover(csv_path)
     assert [r.label for r in recs] == ["normal", "bacterial"]
@@ -104,8 +107,8 @@ def test_cached_dataset(synthetic_folder: Path) -> None:
     ds = CachedImageDataset(recs, "etiology", 32)
     assert len(ds) == 32 and len(ds.skipped) == 1
     assert ds.images.dtype == torch.uint8 and ds.images.shape == (32, 32, 32)
-    x, y = ds.batch(torch.tensor([0, 31]))
+    x, _ = ds.batch(torch.tensor([0, 31]))
     assert x.shape == (2, 1, 32, 32) and x.dtype == torch.float32
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert set(ds.labels.tolist()) == {0, 1, 2}
     assert len(task_records(recs, "etiology")) == len(recs)

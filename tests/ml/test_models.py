@@ -16,10 +16,24 @@ from ml.models import (
     count_parameters,
 )
 
-REQUIRED = ["pneumonet", "resnet18", "resnet50", "densenet121", "vgg16", "efficientnet_b0",
-            "mobilenet_v3_small", "mobilenet_v3_large"]
-PLAIN_CAM = {"pneumonet", "pneumonet_small", "resnet18", "resnet50", "densenet121",
-             "efficientnet_b0"}
+REQUIRED = [
+    "pneumonet",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "vgg16",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+]
+PLAIN_CAM = {
+    "pneumonet",
+    "pneumonet_small",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+}
 
 
 def test_registry_has_required_archs() -> None:
@@ -28,8 +42,9 @@ def test_registry_has_required_archs() -> None:
 
 # vgg16/densenet121/resnet50 build fine too but are slow to initialise on a 2-core CPU; the
 # wrapper code paths they use are covered by resnet18 (GAP+linear) and mobilenet (Grad-CAM).
-@pytest.mark.parametrize("arch", ["pneumonet", "pneumonet_small", "resnet18",
-                                  "efficientnet_b0", "mobilenet_v3_small"])
+@pytest.mark.parametrize(
+    "arch", ["pneumonet", "pneumonet_small", "resnet18", "efficientnet_b0", "mobilenet_v3_small"]
+)
 def test_forward_returns_features_and_logits(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(arch, 3).eval()

@@ -334,3 +334,11 @@ def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "threshold": 0.5, "temperature": 1.0, "name": "slow-test", "version": "0.0.1",
     })
     return path
+
+
+@pytest.fixture
+def broker(private_redis: RedisServer, send_via: Any, settings: Any) -> str:
+    """A Redis of this test's own: no other worker (e.g. the session one) can take its tasks."""
+    send_via(private_redis.url)
+    settings.CELERY_BROKER_URL = private_redis.url
+    return private_redis.url

@@ -49,12 +49,13 @@ def assert_exactly_one_result_each(study_id: str, n: int) -> None:
 
 
 def test_worker_killed_mid_study_then_another_finishes_it(
-    api: Any, db_name: str, clean_redis: None, tiny_checkpoint: Path, tmp_path: Path,
+    api: Any, db_name: str, broker: str, tiny_checkpoint: Path, tmp_path: Path,
     settings: Any,
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 4
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
-    first = launch_worker(first_log, db_name=db_name, checkpoint=tiny_checkpoint, name="first")
+    first = launch_worker(first_log, db_name=db_name, redis_url=broker,
+                          checkpoint=tiny_checkpoint, name="first")
     second = None
     try:
         wait_ready(first_log)
@@ -64,9 +65,9 @@ def test_worker_killed_mid_study_then_another_finishes_it(
         assert done_count(study["id"]) < 200
         # The new worker runs the periodic sweep too (celery beat), with short deadlines so
         # the chunk the dead worker held is requeued in seconds instead of minutes.
-        second = launch_worker(second_log, db_name=db_name, checkpoint=tiny_checkpoint,
-                               name="second", beat=True, STUCK_IMAGE_DEADLINE_S="4",
-                               SWEEP_INTERVAL_S="2")
+        second = launch_worker(second_log, db_name=db_name, redis_url=broker,
+                               checkpoint=tiny_checkpoint, name="second", beat=True,
+                               STUCK_IMAGE_DEADLINE_S="4", SWEEP_INTERVAL_S="2")
         state = wait_study(study["id"], timeout=120)
         assert state["status"] == "done", second_log.read_text()[-3000:]
         assert_exactly_one_result_each(study["id"], 200)
@@ -78,16 +79,15 @@ def test_worker_killed_mid_study_then_another_finishes_it(
 
 
 def test_redis_restart_during_a_study(
-    api: Any, db_name: str, private_redis: RedisServer, send_via: Any, tiny_checkpoint: Path,
+    api: Any, db_name: str, private_redis: RedisServer, broker: str, tiny_checkpoint: Path,
     tmp_path: Path, settings: Any,
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 4
-    send_via(private_redis.url)
     log = tmp_path / "worker.log"
     # A message the worker had taken when Redis went down is redelivered only after the
     # visibility timeout; the sweep (beat) requeues its images sooner. Short deadlines here.
-    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint,
-                           redis_url=private_redis.url, beat=True, SWEEP_INTERVAL_S="2",
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
+                           beat=True, SWEEP_INTERVAL_S="2",
                            STUCK_IMAGE_DEADLINE_S="5", QUEUED_IMAGE_DEADLINE_S="20")
     try:
         wait_ready(log)
@@ -105,12 +105,12 @@ def test_redis_restart_during_a_study(
 
 
 def test_database_outage_during_a_study(
-    api: Any, db_name: str, clean_redis: None, pg_proxy: TcpProxy, tiny_checkpoint: Path,
+    api: Any, db_name: str, broker: str, pg_proxy: TcpProxy, tiny_checkpoint: Path,
     tmp_path: Path, settings: Any,
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 4
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint,
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
                            DATABASE_URL=proxied_database_url(pg_proxy, db_name))
     try:
         wait_ready(log)

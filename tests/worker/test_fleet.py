@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 def test_urgent_study_overtakes_a_routine_backlog(
-    api: Any, db_name: str, clean_redis: None, tiny_checkpoint: Path, tmp_path: Path,
+    api: Any, db_name: str, broker: str, tiny_checkpoint: Path, tmp_path: Path,
     settings: Any,
 ) -> None:
     from backend.studies.models import Image, Study
@@ -31,7 +31,7 @@ def test_urgent_study_overtakes_a_routine_backlog(
     routine = upload_files(api, small_pngs(24, seed=1))  # 12 chunks waiting
     urgent = upload_files(api, small_pngs(2, seed=2), priority="urgent")  # submitted last
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint)
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint)
     try:
         wait_study(urgent["id"], timeout=90)
         wait_study(routine["id"], timeout=90)
@@ -44,14 +44,14 @@ def test_urgent_study_overtakes_a_routine_backlog(
 
 
 def test_chunk_over_the_soft_time_limit_is_a_recorded_failure_and_the_worker_lives_on(
-    api: Any, db_name: str, clean_redis: None, slow_checkpoint: Path, tiny_checkpoint: Path,
+    api: Any, db_name: str, broker: str, slow_checkpoint: Path, tiny_checkpoint: Path,
     tmp_path: Path, settings: Any,
 ) -> None:
     from backend.studies.models import Image
 
     settings.INFERENCE_CHUNK_SIZE = 16
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, checkpoint=slow_checkpoint,
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=slow_checkpoint,
                            CELERY_TASK_SOFT_TIME_LIMIT="1", CELERY_TASK_TIME_LIMIT="60")
     try:
         wait_ready(log)
@@ -70,10 +70,10 @@ def test_chunk_over_the_soft_time_limit_is_a_recorded_failure_and_the_worker_liv
 
 
 def test_model_is_loaded_once_in_the_pool_process_not_the_parent(
-    api: Any, db_name: str, clean_redis: None, tiny_checkpoint: Path, tmp_path: Path,
+    api: Any, db_name: str, broker: str, tiny_checkpoint: Path, tmp_path: Path,
 ) -> None:
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint)
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint)
     try:
         wait_ready(log)
         for seed in (5, 6):

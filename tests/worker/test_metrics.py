@@ -24,7 +24,7 @@ def scrape(client: Any, **headers: str) -> dict[str, dict]:
 
 
 def test_metrics_follow_the_work(
-    tiny_model: None, api: Any, client: Any, clean_redis: None, settings: Any
+    tiny_model: None, api: Any, client: Any, broker: str, settings: Any
 ) -> None:
     from worker.inference import run_chunk
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT, TEST_REDIS_URL, wait_for
+from tests.conftest import REPO_ROOT, wait_for
 from tests.worker.conftest import free_port, small_pngs, upload_files, wait_study
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -35,8 +35,9 @@ def children_of(pid: int) -> dict[int, str]:
 
 
 def answers(url: str, **kwargs: Any) -> int | None:
+    """The HTTP status, or None when nothing answers (health may say 503: still up)."""
     try:
-        return requests.get(url, timeout=2, **kwargs).status_code
+        return requests.get(url, timeout=5, **kwargs).status_code
     except requests.RequestException:
         return None
 
@@ -47,13 +48,13 @@ def inference_worker(stack: subprocess.Popen) -> int | None:
 
 
 def test_runstack_survives_a_dead_worker(
-    api: Any, db_name: str, clean_redis: None, tiny_checkpoint: Path, tmp_path: Path,
+    api: Any, db_name: str, broker: str, tiny_checkpoint: Path, tmp_path: Path,
 ) -> None:
     port, flower_port = free_port(), free_port()
     env = os.environ | {
         "DJANGO_SETTINGS_MODULE": "backend.config.settings.test",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db_name}",
-        "REDIS_URL": TEST_REDIS_URL, "TEST_REDIS_URL": TEST_REDIS_URL,
+        "REDIS_URL": broker, "TEST_REDIS_URL": broker,
         "PORT": str(port), "FLOWER_PORT": str(flower_port), "WEB_CONCURRENCY": "1",
         "FLOWER_BASIC_AUTH": "ops:correct-horse", "PNEUMO_TORCH_THREADS": "1",
         "MODEL_CHECKPOINT_BINARY": str(tiny_checkpoint),
@@ -67,15 +68,15 @@ def test_runstack_survives_a_dead_worker(
                              stderr=subprocess.STDOUT)
     web, flower = f"http://127.0.0.1:{port}/api/health/", f"http://127.0.0.1:{flower_port}/"
     try:
-        wait_for(lambda: answers(web) in (200, 503), timeout=90, interval=0.5)
-        wait_for(lambda: print("flower", answers(flower, auth=("ops", "correct-horse"))) or answers(flower, auth=("ops", "correct-horse")) == 200, timeout=40,
+        wait_for(lambda: answers(web) is not None, timeout=90, interval=0.5)
+        wait_for(lambda: answers(flower, auth=("ops", "correct-horse")) == 200, timeout=90,
                  interval=0.5)
         assert answers(flower) == 401  # no credentials, no Flower
         first = wait_for(lambda: inference_worker(stack), timeout=30)
         os.killpg(first, signal.SIGKILL)  # the worker and its pool process
         # Nothing else goes down...
         for _ in range(6):
-            assert answers(web) in (200, 503)
+            assert answers(web) is not None
             assert answers(flower, auth=("ops", "correct-horse")) == 200
         # ...and a new worker takes the work.
         second = wait_for(lambda: (pid := inference_worker(stack)) not in (None, first) and pid,

@@ -43,7 +43,7 @@ def s3_server() -> Iterator[str]:
 
 
 def test_study_through_s3_storage(
-    api: Any, db_name: str, clean_redis: None, s3_server: str, tiny_checkpoint: Path,
+    api: Any, db_name: str, broker: str, s3_server: str, tiny_checkpoint: Path,
     tmp_path: Path, settings: Any,
 ) -> None:
     import boto3
@@ -62,7 +62,8 @@ def test_study_through_s3_storage(
     }}
 
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint, **env)
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
+                           **env)
     try:
         wait_ready(log)
         study = upload_files(api, small_pngs(3, seed=20))

@@ -187,6 +187,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "queue_order_strategy": "priority",
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Keep a worker's database connection across tasks (Celery closes it after each task by
+# default); CONN_HEALTH_CHECKS replaces a connection the database dropped.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # Redis down for a while: keep trying
 CELERY_RESULT_BACKEND = None  # status lives in our database, never in AsyncResult
 CELERY_TASK_IGNORE_RESULT = True

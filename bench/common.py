@@ -1,0 +1,257 @@
+"""Shared by the benchmarks: a private stack (PostgreSQL database, Redis, gunicorn, one CPU
+worker) started from this checkout, a REST client, and X-ray selection."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PNEUMO_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+KERMANY_TRAIN = DATA_DIR / "kermany-cxr" / "train"
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pneumoscan_bench"
+FINAL = ("done", "failed", "done_with_errors", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not met within {timeout}s")
+
+
+def xray_files(n: int, offset: int = 0) -> list[Path]:
+    """n distinct real X-rays, alternating normal / pneumonia."""
+    normal = sorted((KERMANY_TRAIN / "NORMAL").glob("*.jpeg"))
+    pneumonia = sorted((KERMANY_TRAIN / "PNEUMONIA").glob("*.jpeg"))
+    if not normal or not pneumonia:
+        sys.exit(f"No Kermany X-rays under {KERMANY_TRAIN} (set PNEUMO_DATA_DIR)")
+    mixed = [p for pair in zip(normal, pneumonia, strict=False) for p in pair]
+    mixed += pneumonia[len(normal):]
+    if offset + n > len(mixed):
+        sys.exit(f"Only {len(mixed)} X-rays available")
+    return mixed[offset:offset + n]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class Client:
+    """The REST API as a hospital uses it (token authentication)."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    def submit(self, paths: list[Path], name: str, priority: str = "routine") -> dict:
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+        response = self.session.post(f"{self.base}/api/studies/", files=files,
+                                     data={"name": name, "priority": priority}, timeout=600)
+        response.raise_for_status()
+        return response.json()["study"]
+
+    def study(self, study_id: str) -> dict:
+        response = self.session.get(f"{self.base}/api/studies/{study_id}/", timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def status_by_name(self, name: str) -> dict:
+        """The light list endpoint (no images): cheap to poll for a big study."""
+        response = self.session.get(f"{self.base}/api/studies/",
+                                    params={"search": name, "page_size": 1}, timeout=60)
+        response.raise_for_status()
+        return response.json()["results"][0]
+
+
+@dataclass
+class Stack:
+    """A private installation: its own database, Redis, media root, web server and worker."""
+
+    chunk_size: int
+    checkpoint: str | None = None
+    database_url: str = field(default_factory=lambda: os.environ.get("BENCH_DATABASE_URL",
+                                                                     DEFAULT_DB))
+    torch_threads: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pneumo-bench-")))
+    url: str = ""
+    token: str = ""
+    worker: subprocess.Popen | None = None
+
+    @property
+    def worker_log(self) -> Path:
+        return self.workdir / "worker.log"
+
+    def env(self) -> dict[str, str]:
+        env = os.environ.copy()
+        env.update(
+            DJANGO_SETTINGS_MODULE="backend.config.settings.production",
+            SECRET_KEY="bench-not-secret", SECURE_SSL_REDIRECT="false",
+            DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
+            MEDIA_ROOT=str(self.workdir / "media"), STATIC_ROOT=str(self.workdir / "static"),
+            INFERENCE_CHUNK_SIZE=str(self.chunk_size),
+            LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            PYTHONUNBUFFERED="1", ALLOWED_HOSTS="127.0.0.1,localhost",
+        )
+        if self.checkpoint:
+            env["MODEL_CHECKPOINT_BINARY"] = self.checkpoint
+        if self.torch_threads:
+            env["PNEUMO_TORCH_THREADS"] = self.torch_threads
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, env=self.env(), stdout=log.open("wb"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def _ensure_database(self) -> None:
+        import psycopg
+
+        name = self.database_url.rsplit("/", 1)[1]
+        admin = self.database_url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  [name]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+
+    def start(self) -> None:
+        redis_server = shutil.which("redis-server")
+        port = free_port()
+        if redis_server:
+            self._spawn([redis_server, "--port", str(port), "--bind", "127.0.0.1",
+                         "--save", "", "--dir", str(self.workdir)], self.workdir / "redis.log")
+            self.redis_url = f"redis://127.0.0.1:{port}/0"
+        else:
+            self.redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+        self._ensure_database()
+        py = sys.executable
+        subprocess.run([py, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO_ROOT,
+                       env=self.env(), check=True)
+        self.token = subprocess.run(
+            [py, "-c", _MAKE_USER], cwd=REPO_ROOT, env=self.env(), check=True,
+            capture_output=True, text=True,
+        ).stdout.strip().splitlines()[-1]
+        web_port = free_port()
+        self.url = f"http://127.0.0.1:{web_port}"
+        self._spawn([py, "-m", "gunicorn", "backend.config.wsgi", "--bind",
+                     f"127.0.0.1:{web_port}", "--workers", "2", "--timeout", "600"],
+                    self.workdir / "web.log")
+        self.worker = self.start_worker()
+        wait_for(lambda: _answers(f"{self.url}/api/health/"), 120, what="web server")
+
+    def start_worker(self, name: str = "bench") -> subprocess.Popen:
+        worker = self._spawn([sys.executable, "-m", "celery", "-A", "worker", "worker",
+                              "-Q", "inference,default", "--pool=prefork", "--concurrency=1",
+                              "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip",
+                              "--without-mingle"], self.worker_log)
+        wait_for(lambda: b"Loaded " in self.worker_log.read_bytes()
+                 and b" ready." in self.worker_log.read_bytes(), 180, what="worker ready")
+        return worker
+
+    def pool_pid(self) -> int:
+        """The worker's pool process (where the model lives)."""
+        assert self.worker is not None
+        children = Path(f"/proc/{self.worker.pid}/task/{self.worker.pid}/children")
+        pids = [int(p) for p in children.read_text().split()]
+        return pids[0]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"logs kept in {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    redis_url: str = ""
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=5)
+        return True
+    except requests.RequestException:
+        return False
+
+
+_MAKE_USER = """
+import django
+django.setup()
+from rest_framework.authtoken.models import Token
+from backend.accounts.models import Hospital, User
+hospital, _ = Hospital.objects.get_or_create(name="Bench Hospital")
+user = User.objects.filter(username="bench").first()
+if user is None:
+    user = User(username="bench", hospital=hospital, role="admin")
+    user.set_password("bench-Pass-123-x")
+    user.save()
+print(Token.objects.get_or_create(user=user)[0].key)
+"""
+
+
+@contextlib.contextmanager
+def running_stack(**kwargs: Any) -> Iterator[Stack]:
+    stack = Stack(**kwargs)
+    try:
+        stack.start()
+        yield stack
+    except BaseException:
+        for log in sorted(stack.workdir.glob("*.log")):
+            print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        stack.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

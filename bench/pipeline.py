@@ -1,0 +1,225 @@
+"""End-to-end throughput and latency through the REST API, next to the raw model speed.
+
+    python bench/pipeline.py                      # starts its own stack: PostgreSQL database
+                                                  # pneumoscan_bench, private Redis, gunicorn,
+                                                  # one CPU worker (-Q inference,default)
+    python bench/pipeline.py --url http://127.0.0.1:8000 --token TOKEN   # against `make run`
+
+Measured in one run, with the same checkpoint, thread count and batch (= chunk) size:
+
+* raw model: `Predictor.predict_tensors(batch, with_cam=True)` on tensors already decoded and
+  preprocessed, in this process while the worker is idle: images/s at the chunk size, and the
+  median time of one image (batch of 1);
+* end to end: one study of N real X-rays POSTed to /api/studies/; throughput = N / (time from
+  the upload being accepted to every result visible through the API); per-image latency =
+  its result stored - upload accepted; the same including the upload itself;
+* single-image studies, one after the other: POST -> result visible through the API (p50, p95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    FINAL,
+    REPO_ROOT,
+    Client,
+    cpu_seconds,
+    percentile,
+    running_stack,
+    wait_for,
+    xray_files,
+)
+
+
+def raw_model(checkpoint: str, paths: list[Path], batch: int, threads: str | None,
+              repeats: int = 2) -> dict[str, float]:
+    """The model alone: decoded, preprocessed tensors in memory; forward pass + CAM."""
+    if threads:
+        os.environ["PNEUMO_TORCH_THREADS"] = threads
+    import torch
+
+    from ml.predictor import Predictor
+    from ml.preprocess import decode_image, preprocess
+
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    tensors = torch.stack([preprocess(decode_image(p.read_bytes()).pixels, predictor.spec)
+                           for p in paths])
+    predictor.predict_tensors(tensors[:batch], with_cam=True)  # warm-up
+    best = float("inf")
+    cpu_per_image = float("inf")
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for i in range(0, len(tensors), batch):
+            predictor.predict_tensors(tensors[i:i + batch], with_cam=True)
+        best = min(best, time.perf_counter() - started)
+        cpu_per_image = min(cpu_per_image, (time.process_time() - cpu_started) / len(tensors))
+    singles = []
+    for i in range(min(40, len(tensors))):
+        started = time.perf_counter()
+        predictor.predict_tensors(tensors[i:i + 1], with_cam=True)
+        singles.append(time.perf_counter() - started)
+    return {"images_per_s": len(tensors) / best, "single_ms": statistics.median(singles) * 1000,
+            "cpu_ms_per_image": cpu_per_image * 1000,
+            "threads": torch.get_num_threads(), "model": f"{predictor.name} {predictor.version}",
+            "arch": predictor.meta.get("arch", "?"), "input_size": predictor.input_size}
+
+
+def raw_around(checkpoint: str, paths: list[Path], batch: int, threads: str | None,
+               before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The machine is shared: average the raw numbers measured just before and just after."""
+    merged = dict(before)
+    for key in ("images_per_s", "single_ms", "cpu_ms_per_image"):
+        merged[key] = (before[key] + after[key]) / 2
+        merged[f"{key}_before"], merged[f"{key}_after"] = before[key], after[key]
+    return merged
+
+
+def end_to_end(client: Client, paths: list[Path], pool_pid: int | None) -> dict[str, float]:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    cpu_started = cpu_seconds(pool_pid) if pool_pid else float("nan")
+    submitted = time.time()
+    study = client.submit(paths, name)
+    accepted = time.time()
+    assert len(paths) == study_total(client, study["id"]), "some files were rejected"
+    final = wait_for(lambda: (s := client.status_by_name(name))["status"] in FINAL and s,
+                     timeout=3600, interval=0.1, what="study finished")
+    visible = time.time()
+    worker_cpu = (cpu_seconds(pool_pid) - cpu_started) if pool_pid else float("nan")
+    detail = client.study(study["id"])
+    finished = [datetime.fromisoformat(im["finished_at"]).timestamp()
+                for im in detail["images"] if im["finished_at"]]
+    latencies = [t - accepted for t in finished]
+    return {
+        "status": final["status"], "n": len(paths), "upload_s": accepted - submitted,
+        "processing_s": visible - accepted,
+        "images_per_s": len(paths) / (visible - accepted),
+        "images_per_s_with_upload": len(paths) / (visible - submitted),
+        "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
+        "done": sum(1 for im in detail["images"] if im["status"] == "done"),
+        "worker_cpu_ms_per_image": worker_cpu / len(paths) * 1000,
+    }
+
+
+def study_total(client: Client, study_id: str) -> int:
+    return client.study(study_id)["progress"]["total"]
+
+
+def single_images(client: Client, paths: list[Path]) -> dict[str, float]:
+    latencies, accepted_latencies = [], []
+    for path in paths:
+        started = time.perf_counter()
+        study = client.submit([path], f"single-{uuid.uuid4().hex[:8]}", priority="routine")
+        accepted = time.perf_counter()
+        wait_for(lambda sid=study["id"]: client.study(sid)["status"] in FINAL, timeout=120,
+                 interval=0.005, what="single-image study finished")
+        now = time.perf_counter()
+        latencies.append(now - started)
+        accepted_latencies.append(now - accepted)
+    return {"n": len(paths), "p50_ms": percentile(latencies, 50) * 1000,
+            "p95_ms": percentile(latencies, 95) * 1000,
+            "after_accept_p50_ms": percentile(accepted_latencies, 50) * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=500, help="images in the big study")
+    parser.add_argument("--single", type=int, default=20, help="single-image studies")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="images per task = batch size (default: the setting)")
+    parser.add_argument("--checkpoint", default=None, help="default: MODEL_CHECKPOINT_BINARY")
+    parser.add_argument("--threads", default=None, help="PNEUMO_TORCH_THREADS for both")
+    parser.add_argument("--url", help="an installation already running (e.g. `make run`)")
+    parser.add_argument("--token", help="API token of a user there (with --url)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.config.settings.local")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker (worker/celery_app.py)
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    checkpoint = args.checkpoint or settings.MODEL_CHECKPOINT_BINARY
+    chunk = args.chunk_size or settings.INFERENCE_CHUNK_SIZE
+    big = xray_files(args.n)
+    singles = xray_files(args.single, offset=args.n)
+
+    def measure(client: Client, pool_pid: int | None = None) -> dict:
+        before = raw_model(checkpoint, big, chunk, args.threads)
+        e2e = end_to_end(client, big, pool_pid)
+        one = single_images(client, singles)
+        after = raw_model(checkpoint, big, chunk, args.threads)
+        raw = raw_around(checkpoint, big, chunk, args.threads, before, after)
+        return {"raw": raw, "e2e": e2e, "single": one}
+
+    if args.url:
+        if not args.token:
+            parser.error("--url needs --token")
+        results = measure(Client(args.url, args.token))
+    else:
+        with running_stack(chunk_size=chunk, checkpoint=checkpoint,
+                           torch_threads=args.threads) as stack:
+            results = measure(Client(stack.url, stack.token), stack.pool_pid())
+    results["config"] = {"chunk_size": chunk, "cpus": os.cpu_count(),
+                         "load_avg_1m": os.getloadavg()[0],
+                         "when": datetime.now().isoformat(timespec="seconds")}
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def print_table(r: dict) -> None:
+    raw, e2e, one = r["raw"], r["e2e"], r["single"]
+    ratio = e2e["images_per_s"] / raw["images_per_s"]
+    bar = raw["single_ms"] + 300
+    rows = [
+        ("model", f"{raw['model']} ({raw['arch']}, {raw['input_size']} px), "
+                  f"{raw['threads']} threads, batch {r['config']['chunk_size']}"),
+        ("raw model throughput (forward + CAM)",
+         f"{raw['images_per_s']:.1f} img/s (before {raw['images_per_s_before']:.1f}, "
+         f"after {raw['images_per_s_after']:.1f})"),
+        ("raw single-image inference (p50)",
+         f"{raw['single_ms']:.1f} ms (before {raw['single_ms_before']:.1f}, "
+         f"after {raw['single_ms_after']:.1f})"),
+        (f"end-to-end throughput, N={e2e['n']} ({e2e['status']})",
+         f"{e2e['images_per_s']:.1f} img/s = {ratio:.2f} x raw "
+         f"({'meets' if ratio >= 0.85 else 'BELOW'} the 0.85 bar)"),
+        ("CPU time per image: raw model / worker pool process",
+         f"{raw['cpu_ms_per_image']:.2f} / {e2e['worker_cpu_ms_per_image']:.2f} ms "
+         f"(model share of the worker's CPU: "
+         f"{raw['cpu_ms_per_image'] / e2e['worker_cpu_ms_per_image']:.2f})"),
+        ("  including the upload itself",
+         f"{e2e['images_per_s_with_upload']:.1f} img/s (upload {e2e['upload_s']:.2f} s)"),
+        ("per-image latency in that study p50 / p95",
+         f"{e2e['latency_p50_s'] * 1000:.0f} / {e2e['latency_p95_s'] * 1000:.0f} ms"),
+        (f"single-image study, POST -> result visible (n={one['n']})",
+         f"p50 {one['p50_ms']:.0f} ms, p95 {one['p95_ms']:.0f} ms "
+         f"(bar: raw + 300 = {bar:.0f} ms: {'meets' if one['p50_ms'] <= bar else 'ABOVE'})"),
+        ("  after the upload was accepted (p50)", f"{one['after_accept_p50_ms']:.0f} ms"),
+        ("machine", f"{r['config']['cpus']} CPUs, load {r['config']['load_avg_1m']:.2f} "
+                    f"at the end, {r['config']['when']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print()
+    for key, value in rows:
+        print(f"{key.ljust(width)}  {value}")
+    print()
+
+
+if __name__ == "__main__":
+    os.chdir(REPO_ROOT)
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""ml.predictor with the shipped checkpoints on real Kermany images and DICOMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml import DEFAULT_CHECKPOINTS, default_checkpoint
+from ml.data import discover, split_by_patient
+from ml.predictor import Prediction, Predictor
+from ml.preprocess import ImageDecodeError, decode_image, to_model_tensor
+
+
+@pytest.fixture(scope="module")
+def predictor(binary_ckpt: Path) -> Predictor:
+    return Predictor.from_checkpoint(binary_ckpt, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def val_sample(kermany_dir: Path, predictor: Predictor) -> list:
+    """Images of the shipped model's *validation* patients (never trained on)."""
+    recs = discover(kermany_dir)
+    seed = predictor.meta["data"]["split_seed"]
+    frac = predictor.meta["data"]["val_fraction"]
+    _, val = split_by_patient(recs, frac, seed)
+    normals = [r for r in val if r.label == "normal"][:20]
+    pneu = [r for r in val if r.label != "normal"][:20]
+    return normals + pneu
+
+
+def test_defaults() -> None:
+    assert default_checkpoint("binary") == DEFAULT_CHECKPOINTS["binary"]
+    assert default_checkpoint("etiology").name == "etiology.pt"
+    with pytest.raises(ValueError):
+        default_checkpoint("covid")
+
+
+def test_attributes(predictor: Predictor) -> None:
+    assert predictor.task == "binary" and predictor.classes == ["normal", "pneumonia"]
+    assert predictor.name and predictor.version
+    assert 0 < predictor.threshold < 1 and predictor.input_size >= 64
+
+
+def test_predictions_on_real_images(predictor: Predictor, val_sample: list) -> None:
+    preds = predictor.predict([r.path for r in val_sample], with_cam=True)
+    assert len(preds) == len(val_sample)
+    correct = 0
+    for r, p in zip(val_sample, preds, strict=True):
+        assert isinstance(p, Prediction)
+        assert p.label in predictor.classes
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.score == pytest.approx(p.probabilities["pneumonia"], abs=1e-6)
+        assert (p.label == "pneumonia") == (p.score >= p.threshold)
+        assert p.heatmap is not None and p.heatmap.dtype == np.float32
+        assert p.heatmap.shape == (predictor.input_size, predictor.input_size)
+        assert p.heatmap.min() >= 0.0 and p.heatmap.max() <= 1.0
+        assert p.bbox is not None and all(0.0 <= v <= 1.0 for v in p.bbox)
+        assert p.bbox[0] < p.bbox[2] and p.bbox[1] < p.bbox[3]
+        correct += p.label == ("normal" if r.label == "normal" else "pneumonia")
+    # held-out patients, both classes: a working model gets most of them right
+    assert correct / len(val_sample) >= 0.85
+
+
+def test_input_kinds_agree(predictor: Predictor, val_sample: list) -> None:
+    path = val_sample[-1].path
+    dec = decode_image(path)
+    by_path, by_bytes, by_pixels = predictor.predict(
+        [path, path.read_bytes(), dec.pixels], with_cam=False
+    )
+    assert by_path.heatmap is None and by_path.bbox is None
+    for other in (by_bytes, by_pixels):
+        assert other.probabilities == pytest.approx(by_path.probabilities, abs=1e-6)
+    x = to_model_tensor(
+        dec.pixels, predictor.input_size, predictor.mean, predictor.std, predictor.channels
+    )
+    (by_tensor,) = predictor.predict_tensors(x[None], with_cam=True)
+    assert by_tensor.probabilities == pytest.approx(by_path.probabilities, abs=1e-6)
+    batch = torch.stack([x, x, x])
+    assert len(predictor.predict_tensors(batch)) == 3
+
+
+def test_dicom_through_predictor(predictor: Predictor, dicom_dir: Path) -> None:
+    (p,) = predictor.predict([dicom_dir / "cr-chest-pa-jpeg-baseline.dcm"])
+    assert p.label in predictor.classes
+    with pytest.raises(ImageDecodeError):
+        predictor.predict([dicom_dir / "cr-hip-jpeg-extended-undecodable.dcm"])
+
+
+def test_etiology_predictor(etiology_ckpt: Path, val_sample: list) -> None:
+    pred = Predictor.from_checkpoint(etiology_ckpt)
+    assert pred.classes == ["normal", "bacterial", "viral"]
+    preds = pred.predict([r.path for r in val_sample[::4]])
+    for p in preds:
+        assert p.label in pred.classes
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.score == pytest.approx(1.0 - p.probabilities["normal"], abs=1e-6)
+        assert (p.label != "normal") == (p.score >= p.threshold)
