@@ -104,7 +104,7 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # corrupt file, not a torch file, or an unsafe pickle
         raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "meta" not in payload:
         raise CheckpointError(f"{path} is not a pneumonia-model checkpoint")

@@ -156,7 +156,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     names = [r["arch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     axes[0].bar(names, [r["roc_auc"] or 0 for r in rows], color="tab:blue")
-    axes[0].set(title="val ROC AUC", ylim=(min(0.8, min(r["roc_auc"] or 0 for r in rows)), 1.0))
+    aucs = [r["roc_auc"] or 0.0 for r in rows]
+    axes[0].set(title="val ROC AUC", ylim=(max(0.0, min(aucs) - 0.05), 1.0))
     axes[1].bar(names, [r["train_seconds"] for r in rows], color="tab:orange")
     axes[1].set(title="training time (s)")
     axes[2].bar(names, [r["infer_img_s"] for r in rows], color="tab:green")

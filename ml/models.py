@@ -158,7 +158,7 @@ def _load_tv(arch: str, pretrained: bool) -> nn.Module:
     weights = getattr(tvm, _TV_WEIGHTS[arch]).IMAGENET1K_V1
     try:
         return ctor(weights=weights)
-    except Exception as exc:
+    except Exception as exc:  # URLError, HTTPError, OSError, hash mismatch, ...
         torch_home = os.environ.get("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
         fname = weights.url.rsplit("/", 1)[-1]
         raise PretrainedWeightsUnavailable(

@@ -171,7 +171,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise ImageDecodeError(f"not a readable DICOM file: {exc}") from exc
-    except Exception as exc:
+    except Exception as exc:  # pydicom raises many different types on garbage input
         raise ImageDecodeError(f"not a readable DICOM file: {exc}") from exc
 
     if "PixelData" not in ds:
@@ -208,10 +208,13 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     tsuid = ds.file_meta.TransferSyntaxUID
     try:
         arr = ds.pixel_array
-    except Exception as exc:
+    except Exception as exc:  # decoder plugins raise RuntimeError/ValueError/...
         name = getattr(tsuid, "name", str(tsuid))
-        reason = str(exc).strip().splitlines()
-        detail = reason[-1].strip() if reason else type(exc).__name__
+        # pydicom lists one reason per decoder plugin: keep them all, on one line.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        if len(lines) > 1 and lines[0].endswith(":"):
+            lines = lines[1:]
+        detail = "; ".join(lines)[:500] or type(exc).__name__
         raise ImageDecodeError(
             f"cannot decode DICOM pixel data (transfer syntax {name}, {tsuid}): {detail}"
         ) from exc
@@ -234,7 +237,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
             # window the modality chose for display: this is what a radiologist would see.
             arr = apply_modality_lut(arr, ds)
             arr = apply_voi_lut(arr, ds, index=0)
-        except Exception as exc:
+        except Exception as exc:  # malformed LUTs must be a clean rejection
             raise ImageDecodeError(f"invalid DICOM LUT/window attributes: {exc}") from exc
 
     pixels = _to_unit_range(np.asarray(arr))

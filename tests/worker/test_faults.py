@@ -64,10 +64,12 @@ def test_worker_killed_mid_study_then_another_finishes_it(
         kill_group(first)  # the worker and its pool process, mid-chunk, no goodbye
         assert done_count(study["id"]) < 200
         # The new worker runs the periodic sweep too (celery beat), with short deadlines so
-        # the chunk the dead worker held is requeued in seconds instead of minutes.
+        # what the dead worker held is requeued in seconds instead of minutes: the chunk it
+        # was processing, and a message it may already have taken for the next chunk.
         second = launch_worker(second_log, db_name=db_name, redis_url=broker,
                                checkpoint=tiny_checkpoint, name="second", beat=True,
-                               STUCK_IMAGE_DEADLINE_S="4", SWEEP_INTERVAL_S="2")
+                               STUCK_IMAGE_DEADLINE_S="4", QUEUED_IMAGE_DEADLINE_S="15",
+                               SWEEP_INTERVAL_S="2")
         state = wait_study(study["id"], timeout=120)
         assert state["status"] == "done", second_log.read_text()[-3000:]
         assert_exactly_one_result_each(study["id"], 200)
@@ -76,6 +78,7 @@ def test_worker_killed_mid_study_then_another_finishes_it(
             kill_group(first)
         if second:
             stop_worker(second)
+            print(second_log.read_text()[-6000:])  # shown when the test fails
 
 
 def test_redis_restart_during_a_study(

@@ -47,7 +47,7 @@ MAX_ZIP_RATIO: int = env.int("MAX_ZIP_RATIO", default=100)
 # Failed-login lockout and request rate of the login, token and sign-up endpoints.
 AUTH_RATE: str = env.str("AUTH_RATE", default="20/m")
 LOGIN_FAILURE_RATE: str = env.str("LOGIN_FAILURE_RATE", default="5/15m")
-INFERENCE_CHUNK_SIZE: int = env.int("INFERENCE_CHUNK_SIZE", default=16)
+INFERENCE_CHUNK_SIZE: int = env.int("INFERENCE_CHUNK_SIZE", default=32)
 CELERY_TASK_ALWAYS_EAGER: bool = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 
