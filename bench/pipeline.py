@@ -44,8 +44,9 @@ from bench.common import (
 
 
 def raw_model(checkpoint: str, paths: list[Path], batch: int, threads: str | None,
-              repeats: int = 2) -> dict[str, float]:
-    """The model alone: decoded, preprocessed tensors in memory; forward pass + CAM."""
+              etiology: str | None = None, repeats: int = 2) -> dict[str, float]:
+    """The models alone, as the worker runs them: decoded, preprocessed tensors in memory;
+    binary forward pass + CAM, plus the etiology forward pass when the worker has one."""
     if threads:
         os.environ["PNEUMO_TORCH_THREADS"] = threads
     import torch
@@ -54,30 +55,40 @@ def raw_model(checkpoint: str, paths: list[Path], batch: int, threads: str | Non
     from ml.preprocess import decode_image, preprocess
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    tensors = torch.stack([preprocess(decode_image(p.read_bytes()).pixels, predictor.spec)
-                           for p in paths])
-    predictor.predict_tensors(tensors[:batch], with_cam=True)  # warm-up
+    second = Predictor.from_checkpoint(etiology, device="cpu") if etiology else None
+    pixels = [decode_image(p.read_bytes()).pixels for p in paths]
+    tensors = torch.stack([preprocess(px, predictor.spec) for px in pixels])
+    tensors2 = (torch.stack([preprocess(px, second.spec) for px in pixels])
+                if second else None)
+
+    def run(i: int, n: int) -> None:
+        predictor.predict_tensors(tensors[i:i + n], with_cam=True)
+        if second is not None and tensors2 is not None:
+            second.predict_tensors(tensors2[i:i + n], with_cam=False)
+
+    run(0, batch)  # warm-up
     best = float("inf")
     cpu_per_image = float("inf")
     for _ in range(repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(0, len(tensors), batch):
-            predictor.predict_tensors(tensors[i:i + batch], with_cam=True)
+            run(i, batch)
         best = min(best, time.perf_counter() - started)
         cpu_per_image = min(cpu_per_image, (time.process_time() - cpu_started) / len(tensors))
     singles = []
     for i in range(min(40, len(tensors))):
         started = time.perf_counter()
-        predictor.predict_tensors(tensors[i:i + 1], with_cam=True)
+        run(i, 1)
         singles.append(time.perf_counter() - started)
     return {"images_per_s": len(tensors) / best, "single_ms": statistics.median(singles) * 1000,
             "cpu_ms_per_image": cpu_per_image * 1000,
-            "threads": torch.get_num_threads(), "model": f"{predictor.name} {predictor.version}",
+            "threads": torch.get_num_threads(),
+            "model": f"{predictor.name} {predictor.version}"
+                     + (f" + {second.name} {second.version}" if second else ""),
             "arch": predictor.meta.get("arch", "?"), "input_size": predictor.input_size}
 
 
-def raw_around(checkpoint: str, paths: list[Path], batch: int, threads: str | None,
-               before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+def raw_around(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """The machine is shared: average the raw numbers measured just before and just after."""
     merged = dict(before)
     for key in ("images_per_s", "single_ms", "cpu_ms_per_image"):
@@ -145,6 +156,9 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="images per task = batch size (default: the setting)")
     parser.add_argument("--checkpoint", default=None, help="default: MODEL_CHECKPOINT_BINARY")
+    parser.add_argument("--etiology", default=None,
+                        help="etiology checkpoint, or 'none' (default: MODEL_CHECKPOINT_ETIOLOGY "
+                             "when that file exists, as the worker does)")
     parser.add_argument("--threads", default=None, help="PNEUMO_TORCH_THREADS for both")
     parser.add_argument("--url", help="an installation already running (e.g. `make run`)")
     parser.add_argument("--token", help="API token of a user there (with --url)")
@@ -160,15 +174,18 @@ def main() -> int:
 
     checkpoint = args.checkpoint or settings.MODEL_CHECKPOINT_BINARY
     chunk = args.chunk_size or settings.INFERENCE_CHUNK_SIZE
+    etiology = args.etiology or settings.MODEL_CHECKPOINT_ETIOLOGY
+    if etiology == "none" or not Path(etiology).is_file():
+        etiology = None
     big = xray_files(args.n)
     singles = xray_files(args.single, offset=args.n)
 
     def measure(client: Client, pool_pid: int | None = None) -> dict:
-        before = raw_model(checkpoint, big, chunk, args.threads)
+        before = raw_model(checkpoint, big, chunk, args.threads, etiology)
         e2e = end_to_end(client, big, pool_pid)
         one = single_images(client, singles)
-        after = raw_model(checkpoint, big, chunk, args.threads)
-        raw = raw_around(checkpoint, big, chunk, args.threads, before, after)
+        after = raw_model(checkpoint, big, chunk, args.threads, etiology)
+        raw = raw_around(before, after)
         return {"raw": raw, "e2e": e2e, "single": one}
 
     if args.url:
@@ -176,8 +193,9 @@ def main() -> int:
             parser.error("--url needs --token")
         results = measure(Client(args.url, args.token))
     else:
-        with running_stack(chunk_size=chunk, checkpoint=checkpoint,
-                           torch_threads=args.threads) as stack:
+        worker_env = {"MODEL_CHECKPOINT_ETIOLOGY": etiology or "/nonexistent/etiology.pt"}
+        with running_stack(chunk_size=chunk, checkpoint=checkpoint, torch_threads=args.threads,
+                           extra_env=worker_env) as stack:
             results = measure(Client(stack.url, stack.token), stack.pool_pid())
     results["config"] = {"chunk_size": chunk, "cpus": os.cpu_count(),
                          "load_avg_1m": os.getloadavg()[0],
@@ -195,7 +213,7 @@ def print_table(r: dict) -> None:
     rows = [
         ("model", f"{raw['model']} ({raw['arch']}, {raw['input_size']} px), "
                   f"{raw['threads']} threads, batch {r['config']['chunk_size']}"),
-        ("raw model throughput (forward + CAM)",
+        ("raw model throughput (forward + CAM [+ etiology])",
          f"{raw['images_per_s']:.1f} img/s (before {raw['images_per_s_before']:.1f}, "
          f"after {raw['images_per_s_after']:.1f})"),
         ("raw single-image inference (p50)",

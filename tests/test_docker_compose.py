@@ -45,7 +45,13 @@ def test_worker_listens_on_the_queue_tasks_are_routed_to(compose: dict[str, Any]
     routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
     assert routed <= set(queues) | {"default"}
     assert "inference" in queues
-    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    # The default worker runs on any host (CPU); the GPU one is opt-in (`--profile gpu`),
+    # because a device reservation makes the service fail on hosts without the NVIDIA runtime.
+    assert "deploy" not in compose["services"]["worker"]
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["INFERENCE_DEVICE"] == "cuda"
+    assert command_of(gpu)[command_of(gpu).index("-Q") + 1] == "inference"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert importlib.import_module("worker").app.main == "pneumoscan"
 

@@ -131,7 +131,10 @@ def load_models() -> Models:
         device = select_device()
         if device.type == "cpu":
             # ml.predictor reads this: one intra-op thread per core, the cores are ours.
-            os.environ.setdefault("PNEUMO_TORCH_THREADS", str(_cpu_threads()))
+            if settings.INFERENCE_TORCH_THREADS:
+                os.environ["PNEUMO_TORCH_THREADS"] = str(settings.INFERENCE_TORCH_THREADS)
+            else:
+                os.environ.setdefault("PNEUMO_TORCH_THREADS", str(_cpu_threads()))
         else:
             torch.backends.cudnn.benchmark = True
         binary = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_BINARY, device=device)

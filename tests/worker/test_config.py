@@ -116,3 +116,30 @@ def test_tests_send_to_their_own_redis_database() -> None:
     from worker.celery_app import app
 
     assert app.conf.broker_url == TEST_REDIS_URL
+
+
+def test_s3_storage_is_configured_from_the_environment() -> None:
+    code = textwrap.dedent("""
+        import django; django.setup()
+        from django.conf import settings
+        opts = settings.STORAGES["default"]["OPTIONS"]
+        print(settings.STORAGES["default"]["BACKEND"], opts["bucket_name"],
+              opts["endpoint_url"], opts["file_overwrite"], opts["querystring_auth"])
+    """)
+    env = {"DJANGO_SETTINGS_MODULE": "backend.config.settings.test", "PATH": "/usr/bin:/bin",
+           "STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "scans",
+           "AWS_S3_ENDPOINT_URL": "http://minio:9000"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["storages.backends.s3.S3Storage", "scans", "http://minio:9000", "False",
+                   "True"]
+
+
+def test_retry_countdowns_stay_below_the_visibility_timeout() -> None:
+    """An ETA message waits unacknowledged in the worker: beyond the visibility timeout Redis
+    would hand it to a second worker."""
+    from django.conf import settings
+
+    from worker.tasks import MAX_RETRIES, backoff_s
+
+    assert max(backoff_s(n) for n in range(MAX_RETRIES + 1)) < settings.CELERY_VISIBILITY_TIMEOUT

@@ -72,6 +72,11 @@ def test_runstack_survives_a_dead_worker(
         wait_for(lambda: answers(flower, auth=("ops", "correct-horse")) == 200, timeout=90,
                  interval=0.5)
         assert answers(flower) == 401  # no credentials, no Flower
+        # Flower sees both queues (it counts every Redis priority list of each).
+        queues = wait_for(lambda: {q["name"] for q in requests.get(
+            f"{flower}api/queues/length", auth=("ops", "correct-horse"), timeout=5,
+        ).json().get("active_queues", [])} >= {"inference", "default"}, timeout=30)
+        assert queues
         first = wait_for(lambda: inference_worker(stack), timeout=30)
         os.killpg(first, signal.SIGKILL)  # the worker and its pool process
         # Nothing else goes down...

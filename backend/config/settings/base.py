@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from kombu import Queue
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BACKEND_DIR = REPO_ROOT / "backend"
@@ -197,6 +198,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Declared, so Flower lists both queues even before it has inspected a worker.
+CELERY_TASK_QUEUES = (Queue("inference"), Queue("default"))
 CELERY_TASK_DEFAULT_PRIORITY = 5
 CELERY_TASK_ROUTES = {"worker.tasks.infer_images": {"queue": "inference"}}
 CELERY_TASK_ALWAYS_EAGER = CELERY_TASK_ALWAYS_EAGER
