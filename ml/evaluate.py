@@ -60,6 +60,18 @@ def predict_labels(probs: np.ndarray, classes: Sequence[str], threshold: float) 
     return np.where(score >= threshold, masked.argmax(axis=1), normal)
 
 
+def _decisions(
+    probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(probs, labels, pneumonia truth, pneumonia score, predicted class, predicted pneumonia)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=int)
+    normal = list(classes).index("normal")
+    pred = predict_labels(probs, list(classes), threshold)
+    return (probs, labels, (labels != normal).astype(int), positive_score(probs, list(classes)),
+            pred, (pred != normal).astype(int))
+
+
 def _safe(fn: Any, *args: Any, **kw: Any) -> float | None:
     try:
         v = float(fn(*args, **kw))
@@ -72,14 +84,7 @@ def compute_metrics(
     probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float
 ) -> dict[str, Any]:
     """Point estimates. ``labels`` are class indices of ``classes``."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=int)
-    classes = list(classes)
-    normal = classes.index("normal")
-    y_pos = (labels != normal).astype(int)
-    score = positive_score(probs, classes)
-    pred = predict_labels(probs, classes, threshold)
-    pred_pos = (pred != normal).astype(int)
+    probs, labels, y_pos, score, pred, pred_pos = _decisions(probs, labels, classes, threshold)
     tn, fp, fn, tp = confusion_matrix(y_pos, pred_pos, labels=[0, 1]).ravel()
     out: dict[str, Any] = {
         "n": len(labels),
@@ -137,14 +142,7 @@ def bootstrap_ci(
     Note: images of one patient are correlated, so image-level resampling slightly
     understates the width; acceptable for a model card, stated in docs.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=int)
-    classes = list(classes)
-    normal = classes.index("normal")
-    y_pos = (labels != normal).astype(int)
-    score = positive_score(probs, classes)
-    pred = predict_labels(probs, classes, threshold)
-    pred_pos = (pred != normal).astype(int)
+    probs, labels, y_pos, score, pred, pred_pos = _decisions(probs, labels, classes, threshold)
     rng = np.random.default_rng(seed)
     n = len(labels)
     samples: dict[str, list[float]] = {k: [] for k in CI_KEYS}
