@@ -53,7 +53,9 @@ def raw_model(checkpoint: str, paths: list[Path], batch: int, threads: str | Non
 
     from ml.predictor import Predictor
     from ml.preprocess import decode_image, preprocess
+    from worker.inference import _tune_allocator
 
+    _tune_allocator()  # the same glibc settings as the worker's pool process
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     second = Predictor.from_checkpoint(etiology, device="cpu") if etiology else None
     pixels = [decode_image(p.read_bytes()).pixels for p in paths]
