@@ -234,10 +234,13 @@ class ImagePreviewApi(APIView):
 class ImageHeatmapApi(APIView):
     permission_classes = [HasHospital]
 
-    @extend_schema(responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @extend_schema(responses={(200, "image/jpeg"): OpenApiTypes.BINARY,
+                              (200, "image/png"): OpenApiTypes.BINARY})
     def get(self, request: Request, image_id: UUID) -> FileResponse:
         image = selectors.image_get(user=request.user, image_id=image_id)
         result = getattr(image, "result", None)
         if result is None or not result.heatmap:
             raise Http404("No heatmap for this image.")
-        return _private(FileResponse(result.heatmap.open("rb"), content_type="image/png"))
+        # The worker writes JPEG by default and PNG when configured; the name carries which.
+        kind = "image/png" if result.heatmap.name.endswith(".png") else "image/jpeg"
+        return _private(FileResponse(result.heatmap.open("rb"), content_type=kind))

@@ -176,7 +176,13 @@ def test_upload_watch_progress_read_results_and_export(
     heatmap = page.locator("#viewer-heatmap")
     expect(heatmap).to_be_visible()
     expect(page.locator("#viewer-bbox")).to_be_visible()
-    expect(viewer.locator(".prob-row")).to_have_count(2)
+    # One row per class of each shipped model: normal/pneumonia, then normal/bacterial/viral.
+    expect(viewer.locator(".prob-list").first.locator(".prob-row")).to_have_count(2)
+    for name in ("normal", "pneumonia"):
+        expect(viewer.locator(f'.prob-list >> nth=0 >> .prob-row[data-class="{name}"]')) \
+            .to_have_count(1)
+    if Path(settings.MODEL_CHECKPOINT_ETIOLOGY).exists():
+        expect(viewer.locator(".prob-list").nth(1).locator(".prob-row")).to_have_count(3)
     expect(page.locator("#viewer-threshold")).to_contain_text("Decision threshold")
     expect(page.locator("#viewer-info")).to_contain_text("version")
     page.get_by_label("Heatmap overlay").uncheck()

@@ -30,7 +30,15 @@ def _live_tensors() -> int:
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # isinstance() on deprecated torch proxies warns
-        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+        return sum(1 for o in gc.get_objects() if _is_tensor(o))
+
+
+def _is_tensor(obj: object) -> bool:
+    # gc can hand back weak proxies whose referent is gone; they are not live tensors.
+    try:
+        return isinstance(obj, torch.Tensor)
+    except ReferenceError:
+        return False
 
 
 def _tiny_cam_net(linear_head: bool = True) -> CamModel:

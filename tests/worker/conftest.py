@@ -319,7 +319,7 @@ def sleep_until(deadline: float) -> None:
 
 @pytest.fixture(scope="session")
 def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A deliberately heavy model (resnet18 at 448 px): a chunk of 16 takes seconds."""
+    """A deliberately heavy model (resnet18 at 448 px): a chunk of 48 takes seconds."""
     import torch
 
     from ml.checkpoint import save_checkpoint
