@@ -222,6 +222,27 @@ def test_monochrome1_copy_is_inverted(dicom_dir: Path) -> None:
     assert not torch.allclose(t_m1, preprocess(m2_path, SPEC), atol=0.1)
 
 
+def test_true_monochrome1_copy_gives_the_monochrome2_tensor(dicom_dir: Path) -> None:
+    """A MONOCHROME1 copy whose stored values really are inverted (as a modality that writes
+    MONOCHROME1 stores them) must give the same model input as the MONOCHROME2 original."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    m2_path = dicom_dir / "cr-chest-pa-jpeg-baseline.dcm"
+    ds = pydicom.dcmread(m2_path)
+    stored = ds.pixel_array
+    top = (1 << int(ds.BitsStored)) - 1
+    ds.PixelData = (top - stored.astype(np.int32)).astype(stored.dtype).tobytes()
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+
+    m1_tensor = preprocess(buffer.getvalue(), SPEC)
+    assert decode_image(buffer.getvalue()).format == "dicom"
+    assert torch.allclose(m1_tensor, preprocess(m2_path, SPEC), atol=1e-3)
+
+
 def test_same_image_different_codecs_same_tensor(dicom_dir: Path) -> None:
     """JPEG 2000 lossy vs JPEG-LS near-lossless of one MONOCHROME1 image, and JPEG lossless
     vs RLE of one hip image, must give (nearly) the same model input."""
