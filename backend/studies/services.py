@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -206,13 +207,25 @@ def study_enqueue(*, study_id: UUID) -> int:
         str(pk) for pk in study.images.filter(status=Image.Status.QUEUED)
         .order_by("created_at").values_list("id", flat=True)
     ]
+    return inference_send(app=app, image_ids=ids, priority=queue_priority(study.priority))
+
+
+def queue_priority(study_priority: str) -> int:
+    """Redis transport priority of a study's chunks: lower numbers are served first."""
+    return 0 if study_priority == Study.Priority.URGENT else 5
+
+
+def inference_send(*, app: Any, image_ids: list[str], priority: int) -> int:
+    """Send image IDs to the inference queue in chunks; returns the number of tasks sent.
+
+    The time limits are left out of the message on purpose: the worker's own configuration
+    applies, not whatever the sending process happens to have configured.
+    """
     size = settings.INFERENCE_CHUNK_SIZE
-    # Redis priorities: lower number is served first.
-    priority = 0 if study.priority == Study.Priority.URGENT else 5
-    chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
-    for chunk in chunks:
-        app.send_task(INFER_TASK, args=[chunk], queue="inference", priority=priority)
-    return len(chunks)
+    for i in range(0, len(image_ids), size):
+        app.send_task(INFER_TASK, args=[image_ids[i:i + size]], queue="inference",
+                      priority=priority, time_limit=None, soft_time_limit=None)
+    return (len(image_ids) + size - 1) // size
 
 
 def images_claim(*, image_ids: Sequence[str | UUID]) -> list[Image]:
@@ -449,16 +462,9 @@ def images_send(*, image_ids: Sequence[str | UUID]) -> int:
     rows = (Image.objects.filter(id__in=image_ids).order_by("study_id", "created_at")
             .values_list("id", "study__priority"))
     for pk, study_priority in rows:
-        priority = 0 if study_priority == Study.Priority.URGENT else 5
-        by_priority.setdefault(priority, []).append(str(pk))
-    size = settings.INFERENCE_CHUNK_SIZE
-    sent = 0
-    for priority, ids in sorted(by_priority.items()):
-        for i in range(0, len(ids), size):
-            app.send_task(INFER_TASK, args=[ids[i:i + size]], queue="inference",
-                          priority=priority)
-            sent += 1
-    return sent
+        by_priority.setdefault(queue_priority(study_priority), []).append(str(pk))
+    return sum(inference_send(app=app, image_ids=ids, priority=priority)
+               for priority, ids in sorted(by_priority.items()))
 
 
 @dataclass(frozen=True)

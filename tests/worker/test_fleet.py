@@ -47,8 +47,15 @@ def test_chunk_over_the_soft_time_limit_is_a_recorded_failure_and_the_worker_liv
     api: Any, db_name: str, broker: str, slow_checkpoint: Path, tiny_checkpoint: Path,
     tmp_path: Path, settings: Any,
 ) -> None:
+    import worker.tasks
     from backend.studies.models import Image
+    from worker.celery_app import app
 
+    # Finalising registers the task in this (sending) process with its own 240 s limits.
+    assert app.tasks["worker.tasks.infer_images"].soft_time_limit == 240
+
+    # The worker's limit applies even though the sending process registers the task with
+    # other limits: Celery would otherwise stamp the sender's limits into the message.
     # 48 images at 448 px through resnet18 is ~350 GFLOP: several seconds on any CPU, so the
     # 1 s soft limit is always exceeded (16 images sometimes finished in time on a fast core).
     settings.INFERENCE_CHUNK_SIZE = 48
