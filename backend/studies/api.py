@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from django.http import FileResponse, Http404, HttpResponse
@@ -113,8 +114,17 @@ class StudyImagesApi(APIView):
         return Response(ImageSerializer(selectors.study_images(study=study), many=True).data)
 
 
-def _action_response(request: Request, study_id: UUID, changed: int) -> Response:
+def _study_action(request: Request, study_id: UUID, *, operation: Any, action: str,
+                  detail_key: str) -> Response:
+    """Run a state change on one of the caller's studies, audit it, answer with the study."""
     study = selectors.study_get(user=request.user, study_id=study_id)
+    try:
+        changed = operation(study_id=study.id)
+    except services.StudyStateError as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    audit_record(action=action, user=request.user, request=request, object_type="study",
+                 object_id=study.id, detail={detail_key: changed})
+    study = selectors.study_get(user=request.user, study_id=study.id)
     return Response(StudyActionOutputSerializer(
         {"study": study, "images_changed": changed}).data)
 
@@ -129,15 +139,9 @@ class StudyCancelApi(APIView):
         409: OpenApiResponse(DETAIL, description="The study is already finished."),
     })
     def post(self, request: Request, study_id: UUID) -> Response:
-        study = selectors.study_get(user=request.user, study_id=study_id)
-        try:
-            changed = services.study_cancel(study_id=study.id)
-        except services.StudyStateError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        audit_record(action=AuditEvent.Action.STUDY_CANCELLED, user=request.user,
-                     request=request, object_type="study", object_id=study.id,
-                     detail={"images_cancelled": changed})
-        return _action_response(request, study.id, changed)
+        return _study_action(request, study_id, operation=services.study_cancel,
+                             action=AuditEvent.Action.STUDY_CANCELLED,
+                             detail_key="images_cancelled")
 
 
 class StudyRetryApi(APIView):
@@ -150,15 +154,9 @@ class StudyRetryApi(APIView):
         409: OpenApiResponse(DETAIL, description="No failed images to retry."),
     })
     def post(self, request: Request, study_id: UUID) -> Response:
-        study = selectors.study_get(user=request.user, study_id=study_id)
-        try:
-            changed = services.study_retry(study_id=study.id)
-        except services.StudyStateError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        audit_record(action=AuditEvent.Action.STUDY_RETRIED, user=request.user,
-                     request=request, object_type="study", object_id=study.id,
-                     detail={"images_requeued": changed})
-        return _action_response(request, study.id, changed)
+        return _study_action(request, study_id, operation=services.study_retry,
+                             action=AuditEvent.Action.STUDY_RETRIED,
+                             detail_key="images_requeued")
 
 
 def _export(request: Request, study_id: UUID, fmt: str) -> HttpResponse:
