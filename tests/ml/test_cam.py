@@ -41,6 +41,22 @@ def _is_tensor(obj: object) -> bool:
         return False
 
 
+def _binary_predictor(arch: str, *, temperature: float,
+                      input_size: int) -> tuple[torch.nn.Module, Predictor]:
+    """An untrained binary model wrapped in a Predictor with minimal checkpoint metadata."""
+    model = build_model(arch, 2).eval()
+    meta = {
+        "name": "t",
+        "version": "0",
+        "task": "binary",
+        "classes": ["normal", "pneumonia"],
+        "threshold": 0.5,
+        "temperature": temperature,
+        "preprocessing": {"input_size": input_size, "mean": [0.5], "std": [0.25], "channels": 1},
+    }
+    return model, Predictor(model, meta, device="cpu")
+
+
 def _tiny_cam_net(linear_head: bool = True) -> CamModel:
     """Stride-4 CNN: 64 px input -> 16x16 feature grid (cheap: ~4 MMAC per image)."""
     feats = nn.Sequential(
@@ -139,17 +155,7 @@ def test_cam_localises_synthetic_lesions(trained_blob_net: CamModel) -> None:
 
 def test_cam_from_same_forward_pass_equals_explicit_computation() -> None:
     torch.manual_seed(1)
-    model = build_model("pneumonet", 2).eval()
-    meta = {
-        "name": "t",
-        "version": "0",
-        "task": "binary",
-        "classes": ["normal", "pneumonia"],
-        "threshold": 0.5,
-        "temperature": 1.3,
-        "preprocessing": {"input_size": 96, "mean": [0.5], "std": [0.25], "channels": 1},
-    }
-    pred = Predictor(model, meta, device="cpu")
+    model, pred = _binary_predictor("pneumonet", temperature=1.3, input_size=96)
     x = torch.randn(4, 1, 96, 96)
     preds = pred.predict_tensors(x, with_cam=True)
     with torch.no_grad():
@@ -209,17 +215,7 @@ def test_grad_cam_is_batch_independent_and_frees_graph() -> None:
 
 def test_predictor_memory_stable_over_repeated_calls() -> None:
     torch.manual_seed(4)
-    model = build_model("pneumonet_small", 2).eval()
-    meta = {
-        "name": "t",
-        "version": "0",
-        "task": "binary",
-        "classes": ["normal", "pneumonia"],
-        "threshold": 0.5,
-        "temperature": 1.0,
-        "preprocessing": {"input_size": 64, "mean": [0.5], "std": [0.25], "channels": 1},
-    }
-    pred = Predictor(model, meta, device="cpu")
+    _, pred = _binary_predictor("pneumonet_small", temperature=1.0, input_size=64)
     x = torch.randn(8, 1, 64, 64)
     pred.predict_tensors(x)
     before = _live_tensors()
