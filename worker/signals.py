@@ -36,7 +36,9 @@ def _note_queues(sender: object = None, **kwargs: object) -> None:
 @signals.worker_process_init.connect
 def _preload_models(**kwargs: object) -> None:
     """In each pool process, after the fork: load the models once, so a task never waits."""
-    if not _serves_inference or os.environ.get("INFERENCE_PRELOAD", "1") == "0":
+    from django.conf import settings
+
+    if not _serves_inference or not settings.INFERENCE_PRELOAD:
         return
     from . import inference
 

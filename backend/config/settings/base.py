@@ -236,6 +236,8 @@ INFERENCE_TORCH_THREADS: int = env.int("INFERENCE_TORCH_THREADS", default=0)
 INFERENCE_HEATMAP_FORMAT: str = env.str("INFERENCE_HEATMAP_FORMAT", default="jpeg")
 # "auto" (CUDA when present), "cpu" or "cuda".
 INFERENCE_DEVICE: str = env.str("INFERENCE_DEVICE", default="auto")
+# Load the models when a pool process starts (off only to test lazy loading).
+INFERENCE_PRELOAD: bool = env.bool("INFERENCE_PRELOAD", default=True)
 
 # --- Metrics (/metrics for Prometheus) ----------------------------------------------------------
 # When set, a scrape must send `Authorization: Bearer <token>`.
