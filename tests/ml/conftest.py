@@ -36,24 +36,23 @@ def dicom_dir() -> Path:
     return DICOM
 
 
-@pytest.fixture(scope="session")
-def binary_ckpt() -> Path:
+def _shipped_checkpoint(task: str) -> Path:
     from ml import default_checkpoint
 
-    path = default_checkpoint("binary")
+    path = default_checkpoint(task)
     if not path.is_file():
-        pytest.fail(f"shipped checkpoint missing: {path}")
+        pytest.fail(f"shipped {task} checkpoint missing: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def binary_ckpt() -> Path:
+    return _shipped_checkpoint("binary")
 
 
 @pytest.fixture(scope="session")
 def etiology_ckpt() -> Path:
-    from ml import default_checkpoint
-
-    path = default_checkpoint("etiology")
-    if not path.is_file():
-        pytest.skip(f"etiology checkpoint not shipped yet: {path}")
-    return path
+    return _shipped_checkpoint("etiology")
 
 
 @pytest.fixture(scope="session")

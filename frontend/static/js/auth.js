@@ -21,6 +21,23 @@ function submitting(form, busy) {
   form.setAttribute("aria-busy", busy ? "true" : "false");
 }
 
+// Submits the form's fields to `action`; on failure shows the server's reason and re-enables it.
+function handleSubmit(form, error, action, fallback, onError = () => {}) {
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    const data = Object.fromEntries(new FormData(form));
+    submitting(form, true);
+    try {
+      await action(data);
+    } catch (err) {
+      error.textContent = err.message || fallback;
+      submitting(form, false);
+      onError();
+    }
+  });
+}
+
 export function loginView(main, { onLoggedIn }) {
   const error = h("p", { class: "form-error", role: "alert" });
   const form = h("form", { class: "stack", novalidate: false },
@@ -28,20 +45,9 @@ export function loginView(main, { onLoggedIn }) {
     field("Password", h("input", { id: "login-password", name: "password", type: "password", autocomplete: "current-password", required: true })),
     error,
     h("button", { type: "submit", class: "btn btn-primary btn-block" }, "Log in"));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    const data = Object.fromEntries(new FormData(form));
-    submitting(form, true);
-    try {
-      const me = await api("/api/auth/login/", { method: "POST", json: data });
-      onLoggedIn(me);
-    } catch (err) {
-      error.textContent = err.message || "Log in failed.";
-      submitting(form, false);
-      form.elements.password.select();
-    }
-  });
+  handleSubmit(form, error, async (data) => {
+    onLoggedIn(await api("/api/auth/login/", { method: "POST", json: data }));
+  }, "Log in failed.", () => form.elements.password.select());
   setChildren(main, shell("Log in", "Pneumonia screening for chest X-ray batches.", form,
     ["New hospital? ", h("a", { href: "#/signup" }, "Create an account")]));
   form.elements.username.focus();
@@ -59,22 +65,12 @@ export function signupView(main, { onLoggedIn }) {
       "At least 8 characters; not a common or all-numeric password."),
     error,
     h("button", { type: "submit", class: "btn btn-primary btn-block" }, "Create account"));
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    error.textContent = "";
-    const data = Object.fromEntries(new FormData(form));
-    submitting(form, true);
-    try {
-      await api("/api/auth/signup/", { method: "POST", json: data });
-      const me = await api("/api/auth/login/", {
-        method: "POST", json: { username: data.username, password: data.password },
-      });
-      onLoggedIn(me);
-    } catch (err) {
-      error.textContent = err.message || "Sign-up failed.";
-      submitting(form, false);
-    }
-  });
+  handleSubmit(form, error, async (data) => {
+    await api("/api/auth/signup/", { method: "POST", json: data });
+    onLoggedIn(await api("/api/auth/login/", {
+      method: "POST", json: { username: data.username, password: data.password },
+    }));
+  }, "Sign-up failed.");
   setChildren(main, shell("Create an account", "Register your hospital to start screening studies.", form,
     ["Already registered? ", h("a", { href: "#/login" }, "Log in")]));
   form.elements.hospital.focus();
