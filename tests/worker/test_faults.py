@@ -9,6 +9,7 @@ the Redis test runs its own redis-server (append-only file on, as in docker-comp
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,21 @@ def test_worker_killed_mid_study_then_another_finishes_it(
             print(second_log.read_text()[-6000:])  # shown when the test fails
 
 
+def study_completes_through(api: Any, log: Path, *, seed: int, stop: Callable[[], None],
+                            restart: Callable[[], None], outage_s: float) -> None:
+    """Upload 120 images, take a service away mid-study, bring it back: every image ends
+    with exactly one result."""
+    wait_ready(log)
+    study = upload_files(api, small_pngs(120, seed=seed))
+    wait_for(lambda: done_count(study["id"]) >= 20, timeout=60, interval=0.05)
+    stop()
+    time.sleep(outage_s)
+    restart()
+    state = wait_study(study["id"], timeout=120)
+    assert state["status"] == "done", log.read_text()[-3000:]
+    assert_exactly_one_result_each(study["id"], 120)
+
+
 def test_redis_restart_during_a_study(
     api: Any, db_name: str, private_redis: RedisServer, broker: str, tiny_checkpoint: Path,
     tmp_path: Path, settings: Any,
@@ -93,15 +109,9 @@ def test_redis_restart_during_a_study(
                            beat=True, SWEEP_INTERVAL_S="2",
                            STUCK_IMAGE_DEADLINE_S="5", QUEUED_IMAGE_DEADLINE_S="20")
     try:
-        wait_ready(log)
-        study = upload_files(api, small_pngs(120, seed=11))
-        wait_for(lambda: done_count(study["id"]) >= 20, timeout=60, interval=0.05)
-        private_redis.stop()
-        time.sleep(2)
-        private_redis.start()  # same port, same append-only file
-        state = wait_study(study["id"], timeout=120)
-        assert state["status"] == "done", log.read_text()[-3000:]
-        assert_exactly_one_result_each(study["id"], 120)
+        # same port, same append-only file
+        study_completes_through(api, log, seed=11, stop=private_redis.stop,
+                                restart=private_redis.start, outage_s=2)
     finally:
         stop_worker(worker)
         print(log.read_text()[-6000:])  # shown when the test fails
@@ -116,15 +126,9 @@ def test_database_outage_during_a_study(
     worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
                            DATABASE_URL=proxied_database_url(pg_proxy, db_name))
     try:
-        wait_ready(log)
-        study = upload_files(api, small_pngs(120, seed=12))
-        wait_for(lambda: done_count(study["id"]) >= 20, timeout=60, interval=0.05)
-        pg_proxy.cut()  # the database is gone for the worker
-        time.sleep(4)
-        pg_proxy.start()
-        state = wait_study(study["id"], timeout=120)
-        assert state["status"] == "done", log.read_text()[-3000:]
-        assert_exactly_one_result_each(study["id"], 120)
+        # pg_proxy.cut(): the database is gone for the worker
+        study_completes_through(api, log, seed=12, stop=pg_proxy.cut, restart=pg_proxy.start,
+                                outage_s=4)
         assert b"Transient error" in log.read_bytes()  # it did hit the outage, and retried
     finally:
         stop_worker(worker)
