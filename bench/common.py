@@ -98,6 +98,7 @@ class Stack:
     """A private installation: its own database, Redis, media root, web server and worker."""
 
     chunk_size: int
+    batch_size: int | None = None
     checkpoint: str | None = None
     database_url: str = field(default_factory=lambda: os.environ.get("BENCH_DATABASE_URL",
                                                                      DEFAULT_DB))
@@ -124,6 +125,8 @@ class Stack:
             LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
             PYTHONUNBUFFERED="1", ALLOWED_HOSTS="127.0.0.1,localhost",
         )
+        if self.batch_size:
+            env["INFERENCE_BATCH_SIZE"] = str(self.batch_size)
         if self.checkpoint:
             env["MODEL_CHECKPOINT_BINARY"] = self.checkpoint
         if self.torch_threads:

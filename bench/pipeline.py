@@ -5,7 +5,8 @@
                                                   # one CPU worker (-Q inference,default)
     python bench/pipeline.py --url http://127.0.0.1:8000 --token TOKEN   # against `make run`
 
-Measured in one run, with the same checkpoint, thread count and batch (= chunk) size:
+Measured in one run, with the same checkpoint, thread count and batch size (the worker's
+INFERENCE_BATCH_SIZE; a task of INFERENCE_CHUNK_SIZE images runs as a pipeline of batches):
 
 * raw model: `Predictor.predict_tensors(batch, with_cam=True)` on tensors already decoded and
   preprocessed, in this process while the worker is idle: images/s at the chunk size, and the
@@ -156,7 +157,10 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=500, help="images in the big study")
     parser.add_argument("--single", type=int, default=20, help="single-image studies")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="images per task = batch size (default: the setting)")
+                        help="images per task (default: INFERENCE_CHUNK_SIZE)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass, raw and worker alike "
+                             "(default: INFERENCE_BATCH_SIZE)")
     parser.add_argument("--checkpoint", default=None, help="default: MODEL_CHECKPOINT_BINARY")
     parser.add_argument("--etiology", default=None,
                         help="etiology checkpoint, or 'none' (default: MODEL_CHECKPOINT_ETIOLOGY "
@@ -176,6 +180,7 @@ def main() -> int:
 
     checkpoint = args.checkpoint or settings.MODEL_CHECKPOINT_BINARY
     chunk = args.chunk_size or settings.INFERENCE_CHUNK_SIZE
+    batch = args.batch_size or settings.INFERENCE_BATCH_SIZE
     etiology = args.etiology or settings.MODEL_CHECKPOINT_ETIOLOGY
     if etiology == "none" or not Path(etiology).is_file():
         etiology = None
@@ -183,10 +188,10 @@ def main() -> int:
     singles = xray_files(args.single, offset=args.n)
 
     def measure(client: Client, pool_pid: int | None = None) -> dict:
-        before = raw_model(checkpoint, big, chunk, args.threads, etiology)
+        before = raw_model(checkpoint, big, batch, args.threads, etiology)
         e2e = end_to_end(client, big, pool_pid)
         one = single_images(client, singles)
-        after = raw_model(checkpoint, big, chunk, args.threads, etiology)
+        after = raw_model(checkpoint, big, batch, args.threads, etiology)
         raw = raw_around(before, after)
         return {"raw": raw, "e2e": e2e, "single": one}
 
@@ -196,10 +201,10 @@ def main() -> int:
         results = measure(Client(args.url, args.token))
     else:
         worker_env = {"MODEL_CHECKPOINT_ETIOLOGY": etiology or "/nonexistent/etiology.pt"}
-        with running_stack(chunk_size=chunk, checkpoint=checkpoint, torch_threads=args.threads,
-                           extra_env=worker_env) as stack:
+        with running_stack(chunk_size=chunk, batch_size=batch, checkpoint=checkpoint,
+                           torch_threads=args.threads, extra_env=worker_env) as stack:
             results = measure(Client(stack.url, stack.token), stack.pool_pid())
-    results["config"] = {"chunk_size": chunk, "cpus": os.cpu_count(),
+    results["config"] = {"chunk_size": chunk, "batch_size": batch, "cpus": os.cpu_count(),
                          "load_avg_1m": os.getloadavg()[0],
                          "when": datetime.now().isoformat(timespec="seconds")}
     print_table(results)
@@ -214,7 +219,8 @@ def print_table(r: dict) -> None:
     bar = raw["single_ms"] + 300
     rows = [
         ("model", f"{raw['model']} ({raw['arch']}, {raw['input_size']} px), "
-                  f"{raw['threads']} threads, batch {r['config']['chunk_size']}"),
+                  f"{raw['threads']} threads, batch {r['config']['batch_size']}, "
+                  f"chunk {r['config']['chunk_size']}"),
         ("raw model throughput (forward + CAM [+ etiology])",
          f"{raw['images_per_s']:.1f} img/s (before {raw['images_per_s_before']:.1f}, "
          f"after {raw['images_per_s_after']:.1f})"),

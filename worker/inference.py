@@ -1,16 +1,23 @@
-"""Batched inference for one chunk of images: read and decode in parallel, one forward pass.
+"""Batched inference for one chunk of images: decoding, forward passes and writes overlap.
 
-A chunk goes through four steps:
+A chunk (one task, `INFERENCE_CHUNK_SIZE` images) is processed in batches of
+`INFERENCE_BATCH_SIZE` images as a pipeline:
 
-1. claim (one transaction): unfinished images become `processing`; finished ones are skipped;
-2. read + decode + preprocess every image on a thread pool (storage reads, Pillow/pydicom
-   and torch resizing release the GIL); a corrupt image fails alone, with the decoder's reason;
-3. one batched forward pass that yields the probabilities and the CAM heatmaps together
-   (plain CAM from the same features; see ml/cam.py), on CUDA with mixed precision and pinned
-   memory when the worker has a GPU, otherwise on the CPU;
-4. heatmap overlays rendered and written to storage on the thread pool (JPEG by default:
-   ~7 kB and ~0.2 ms instead of ~50 kB and ~50 ms for an optimised PNG), then all results and
-   failures of the chunk written in one transaction (`results_record_many`).
+1. claim (one transaction, set-based): unfinished images become `processing`; finished ones
+   are skipped;
+2. read + decode + preprocess on a thread pool, one batch ahead of the model: while batch k is
+   in the forward pass, batch k+1 is being decoded (storage reads, Pillow/pydicom and torch
+   resizing release the GIL); a corrupt image fails alone, with the decoder's reason;
+3. per batch, one forward pass of the binary model that yields the probabilities and the CAM
+   heatmaps together (plain CAM from the same features; see ml/cam.py), then the etiology
+   model's pass; on CUDA with mixed precision and pinned memory when the worker has a GPU,
+   otherwise on the CPU;
+4. each heatmap is written to storage as a small compressed PNG on the thread pool while the
+   etiology pass and the next batch run (`ml.cam.heatmap_png`: ~4 kB, ~0.3 ms; the viewer
+   lays it over the radiograph);
+5. all results and failures of the chunk are written in one transaction
+   (`results_record_many`): a chunk's results appear together, and a task that dies before
+   this point leaves nothing half-written.
 
 The models are loaded once per worker process, after the fork (worker/signals.py), and kept
 in a module global; nothing here runs at import time.
@@ -24,27 +31,26 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import numpy as np
 import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
 
 from backend.studies import services
 from backend.studies.models import Image, Result
-from ml.cam import overlay_png
+from ml.cam import heatmap_png
 from ml.checkpoint import CheckpointError
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import ImageDecodeError, decode_image, preprocess
 
 logger = logging.getLogger(__name__)
 
-HEATMAP_FORMATS = {"jpeg": "heatmap.jpg", "png": "heatmap.png"}
+HEATMAP_NAME = "heatmap.png"
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,6 @@ def _forward(models: Models, predictor: Predictor, batch: torch.Tensor,
 @dataclass
 class _Prepared:
     image: Image
-    pixels: np.ndarray
     binary_x: torch.Tensor
     etiology_x: torch.Tensor | None
 
@@ -209,25 +214,71 @@ def _prepare(image: Image, models: Models) -> _Prepared | str:
     if models.etiology is not None:
         etiology_x = (binary_x if models.etiology.spec == models.binary.spec
                       else preprocess(pixels, models.etiology.spec))
-    return _Prepared(image, pixels, binary_x, etiology_x)
+    return _Prepared(image, binary_x, etiology_x)
 
 
-def _render(item: _Prepared, pred: Prediction, etio: Prediction | None, models: Models,
-            inference_ms: float) -> Result:
-    """Build the image's Result and write its heatmap overlay to storage (thread pool)."""
+def _render(item: _Prepared, pred: Prediction, models: Models) -> Result:
+    """The image's Result from the binary model, its heatmap written to storage (thread pool).
+
+    The etiology fields and the inference time are filled in once the batch is through
+    (`_Rendering.completed`).
+    """
     result = Result(
         image=item.image, label=pred.label, probabilities=pred.probabilities,
         score=pred.score, threshold=pred.threshold, model_name=models.binary.name,
         model_version=models.binary.version,
-        etiology_label=etio.label if etio else "",
-        etiology_probabilities=etio.probabilities if etio else {},
-        bbox=list(pred.bbox) if pred.bbox else None, inference_ms=inference_ms,
+        bbox=list(pred.bbox) if pred.bbox else None,
     )
     if pred.heatmap is not None:
-        fmt = settings.INFERENCE_HEATMAP_FORMAT
-        data = overlay_png(item.pixels, pred.heatmap, bbox=None, fmt=fmt)
-        result.heatmap.save(HEATMAP_FORMATS[fmt], ContentFile(data), save=False)
+        result.heatmap.save(HEATMAP_NAME, ContentFile(heatmap_png(pred.heatmap)), save=False)
     return result
+
+
+class _Stages:
+    """Wall time per pipeline step, summed over the chunk (logged, and used by the bench)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._mark = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._mark
+        self._mark = now
+
+
+@dataclass
+class _Rendering:
+    result: Future[Result]
+    etiology: Prediction | None
+    inference_ms: float
+
+    def completed(self) -> Result:
+        result = self.result.result()
+        if self.etiology is not None:
+            result.etiology_label = self.etiology.label
+            result.etiology_probabilities = self.etiology.probabilities
+        result.inference_ms = self.inference_ms
+        return result
+
+
+def _batch_results(
+    models: Models, prepared: list[_Prepared], pool: ThreadPoolExecutor
+) -> list[_Rendering]:
+    """One batch through both models; heatmaps are rendered while the etiology pass runs."""
+    forward_started = time.perf_counter()
+    preds = _forward(models, models.binary,
+                     torch.stack([p.binary_x for p in prepared]), with_cam=True)
+    rendering = [pool.submit(_render, item, pred, models)
+                 for item, pred in zip(prepared, preds, strict=True)]
+    etios: list[Prediction | None] = [None] * len(prepared)
+    if models.etiology is not None:
+        etios = list(_forward(models, models.etiology,
+                              torch.stack([p.etiology_x for p in prepared]),  # type: ignore[misc]
+                              with_cam=False))
+    per_image_ms = (time.perf_counter() - forward_started) * 1000 / len(prepared)
+    return [_Rendering(future, etio, per_image_ms)
+            for future, etio in zip(rendering, etios, strict=True)]
 
 
 def run_chunk(image_ids: list[str]) -> ChunkReport:
@@ -241,55 +292,53 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
                                            reason=f"The model could not be loaded: {exc}")
         return ChunkReport(done=0, failed=failed, skipped=len(image_ids) - failed,
                            seconds=time.perf_counter() - started)
-    stages: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        stages[stage] = now - mark
-        mark = now
-
+    stages = _Stages()
     claim = services.chunk_claim(image_ids=image_ids,
                                  max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
-    lap("claim")
-    failures: dict[UUID, str] = {}
-    prepared: list[_Prepared] = []
+    stages.lap("claim")
     pool = executor()
-    for image, outcome in zip(
-        claim.images, pool.map(lambda im: _prepare(im, models), claim.images), strict=True
-    ):
-        if isinstance(outcome, str):
-            failures[image.id] = outcome
-        else:
-            prepared.append(outcome)
-    lap("prepare")
-    results: list[Result] = []
-    if prepared:
-        forward_started = time.perf_counter()
-        preds = _forward(models, models.binary,
-                         torch.stack([p.binary_x for p in prepared]), with_cam=True)
-        etios: list[Prediction | None] = [None] * len(prepared)
-        if models.etiology is not None:
-            etios = list(_forward(models, models.etiology,
-                                  torch.stack([p.etiology_x for p in prepared]),  # type: ignore[misc]
-                                  with_cam=False))
-        per_image_ms = (time.perf_counter() - forward_started) * 1000 / len(prepared)
-        lap("forward")
-        results = list(pool.map(
-            lambda args: _render(*args, models, per_image_ms),
-            zip(prepared, preds, etios, strict=True),
-        ))
-        del preds, etios
-        lap("render")
-    done = services.results_record_many(results=results, failures=failures)
-    lap("record")
+    size = max(1, settings.INFERENCE_BATCH_SIZE)
+    batches = [claim.images[i:i + size] for i in range(0, len(claim.images), size)]
+    failures: dict[UUID, str] = {}
+    pending: list[Future[Any]] = []
+    renderings: list[_Rendering] = []
+
+    def decode(batch: list[Image]) -> list[Future[_Prepared | str]]:
+        futures = [pool.submit(_prepare, image, models) for image in batch]
+        pending.extend(futures)
+        return futures
+
+    try:
+        decoding = decode(batches[0]) if batches else []
+        for index, batch in enumerate(batches):
+            outcomes = [future.result() for future in decoding]
+            # One batch ahead: the pool decodes the next batch during this one's forward pass.
+            decoding = decode(batches[index + 1]) if index + 1 < len(batches) else []
+            prepared = []
+            for image, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, str):
+                    failures[image.id] = outcome
+                else:
+                    prepared.append(outcome)
+            stages.lap("prepare")
+            if prepared:
+                rendered = _batch_results(models, prepared, pool)
+                pending.extend(r.result for r in rendered)
+                renderings.extend(rendered)
+                stages.lap("forward")
+        stored = [rendering.completed() for rendering in renderings]
+        stages.lap("render")
+    finally:
+        for future in pending:  # an error or the time limit: drop the work not started yet
+            future.cancel()
+    done = services.results_record_many(results=stored, failures=failures)
+    stages.lap("record")
     skipped = len(image_ids) - len(claim.images) - len(claim.given_up)
     report = ChunkReport(done=done, failed=len(failures) + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
-                         stages=stages)
+                         stages=stages.seconds)
     _release_freed_memory()
     logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s (%s)", len(image_ids),
                 report.done, report.failed, report.skipped, report.seconds,
-                " ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items()))
+                " ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.seconds.items()))
     return report

@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from backend.accounts.models import Hospital, User
@@ -353,31 +353,31 @@ def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int) -> Claime
     Finished images are skipped (a redelivered or repeated task does no work twice); images
     left in processing by a dead worker are taken again, but an image already claimed
     `max_attempts` times is failed instead, so a chunk that kills its worker cannot loop.
+    Set-based writes: one UPDATE for the whole chunk, not one per image.
     """
     now = timezone.now()
-    given_up: list[UUID] = []
     with transaction.atomic():
         images = list(
             Image.objects.select_for_update(of=("self",))
             .select_related("study")
+            .only("id", "file", "attempts", "study_id", "study__status")
             .filter(id__in=image_ids, status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
             .order_by("id")
         )
-        todo: list[Image] = []
-        for image in images:
-            if image.attempts >= max_attempts:
-                image.status = Image.Status.FAILED
-                image.error = (f"Gave up after {image.attempts} attempts: the worker processing "
-                               "this image stopped each time.")
-                image.finished_at = now
-                given_up.append(image.id)
-            else:
-                image.status = Image.Status.PROCESSING
-                image.started_at = now
-                image.attempts += 1
-                todo.append(image)
-        Image.objects.bulk_update(images, ["status", "started_at", "attempts", "error",
-                                           "finished_at"])
+        todo = [image for image in images if image.attempts < max_attempts]
+        spent = [image for image in images if image.attempts >= max_attempts]
+        if todo:
+            Image.objects.filter(id__in=[image.id for image in todo]).update(
+                status=Image.Status.PROCESSING, started_at=now, attempts=F("attempts") + 1)
+        for image in todo:
+            image.status, image.started_at, image.attempts = (
+                Image.Status.PROCESSING, now, image.attempts + 1)
+        for image in spent:  # rare: one UPDATE each, the message names the count
+            Image.objects.filter(id=image.id).update(
+                status=Image.Status.FAILED, finished_at=now,
+                error=(f"Gave up after {image.attempts} attempts: the worker processing this "
+                       "image stopped each time."))
+    given_up = [image.id for image in spent]
     # A study already `processing` stays so while it has unfinished images: refresh only the
     # studies this claim can change (queued ones, or those with an image given up).
     stale = {image.study_id for image in images
@@ -395,6 +395,7 @@ def results_record_many(
     `results` are unsaved Result objects (heatmap files already written). Images finished
     meanwhile (a duplicate delivery won the race) keep their first result: the later one is
     dropped and its heatmap file deleted, so repeats never duplicate results or counts.
+    Set-based writes: one INSERT of the results, one UPDATE per outcome.
     """
     failures = failures or {}
     ids = [r.image_id for r in results] + list(failures)
@@ -402,28 +403,27 @@ def results_record_many(
         return 0
     now = timezone.now()
     with transaction.atomic():
-        open_images = {
-            image.id: image for image in Image.objects.select_for_update()
-            .filter(id__in=ids).exclude(status__in=Image.FINAL_STATUSES).order_by("id")
-        }
+        open_images = dict(
+            Image.objects.select_for_update().filter(id__in=ids)
+            .exclude(status__in=Image.FINAL_STATUSES).order_by("id")
+            .values_list("id", "study_id")
+        )
         fresh = [r for r in results if r.image_id in open_images]
         Result.objects.bulk_create(fresh, ignore_conflicts=True)
-        changed = []
-        for result in fresh:
-            image = open_images[result.image_id]
-            image.status, image.error, image.finished_at = Image.Status.DONE, "", now
-            changed.append(image)
+        if fresh:
+            Image.objects.filter(id__in=[r.image_id for r in fresh]).update(
+                status=Image.Status.DONE, error="", finished_at=now)
+        by_reason: dict[str, list[UUID]] = {}
         for image_id, reason in failures.items():
             if image_id in open_images:
-                image = open_images[image_id]
-                image.status, image.error, image.finished_at = (
-                    Image.Status.FAILED, reason[:2000], now)
-                changed.append(image)
-        Image.objects.bulk_update(changed, ["status", "error", "finished_at"])
+                by_reason.setdefault(reason[:2000], []).append(image_id)
+        for reason, failed_ids in by_reason.items():
+            Image.objects.filter(id__in=failed_ids).update(
+                status=Image.Status.FAILED, error=reason, finished_at=now)
     for stale in (r for r in results if r.image_id not in open_images):
         if stale.heatmap:
             stale.heatmap.delete(save=False)
-    _refresh_if_finished({image.study_id for image in changed})
+    _refresh_if_finished(set(open_images.values()))
     return len(fresh)
 
 

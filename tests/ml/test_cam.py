@@ -251,5 +251,11 @@ def test_overlay_and_heatmap_png() -> None:
     big_img = Image.open(io.BytesIO(big))
     assert big_img.format == "JPEG" and big_img.size == (256, 512)
     hp = Image.open(io.BytesIO(heatmap_png(heat, size=64)))
-    assert hp.mode == "RGBA" and hp.size == (64, 64)
-    assert np.asarray(hp)[..., 3].max() > 200 and np.asarray(hp)[0, 0, 3] == 0
+    assert hp.format == "PNG" and hp.size == (64, 64) and "transparency" in hp.info
+    rgba = np.asarray(hp.convert("RGBA")).astype(int)
+    # hot spot (row 3, column 5 of 7) opaque and red; a cold corner fully transparent
+    hot = rgba[int(3.5 / 7 * 64), int(5.5 / 7 * 64)]
+    assert hot[3] > 200 and hot[0] > hot[2]
+    assert rgba[0, 0, 3] == 0
+    with pytest.raises(ValueError):
+        heatmap_png(np.zeros(5))

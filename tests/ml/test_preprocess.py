@@ -94,6 +94,21 @@ def test_real_kermany_jpeg(kermany_dir: Path) -> None:
     assert 0.0 <= dec.pixels.min() < dec.pixels.max() <= 1.0
 
 
+def test_jpeg_luma_decode_equals_full_colour_decode_then_luma(kermany_dir: Path) -> None:
+    """The luma-only JPEG decode (draft mode) gives the pixels the models were trained on."""
+    files = sorted((kermany_dir / "PNEUMONIA").glob("*.jpeg"))[:20]
+    files += sorted((kermany_dir / "NORMAL").glob("*.jpeg"))[:20]
+    for f in files:
+        full = np.asarray(Image.open(f).convert("RGB").convert("L"), dtype=np.float32) / 255.0
+        assert np.array_equal(decode_image(f).pixels, full), f.name
+    # A coloured photo of a film: the luma plane and RGB -> L differ by rounding only.
+    g = _gradient()
+    colour = np.stack([g, g // 2 + 60, 255 - g], axis=-1).astype(np.uint8)
+    data = _bytes(Image.fromarray(colour, "RGB"), "JPEG")
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32) / 255.0
+    assert np.abs(decode_image(data).pixels - full).max() <= 2 / 255 + 1e-6
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [

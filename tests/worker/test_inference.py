@@ -39,8 +39,76 @@ def test_chunk_records_one_result_per_image_with_heatmap(
     result = Result.objects.filter(image__study_id=study["id"]).first()
     assert result.model_name == "tiny-test"
     with result.heatmap.open("rb") as fh:
-        assert fh.read(3) == b"\xff\xd8\xff"  # a JPEG overlay
+        assert fh.read(4) == b"\x89PNG"  # a compressed heatmap for the viewer's overlay
     assert result.inference_ms and result.inference_ms > 0
+
+
+def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
+    tiny_model: None, api: Any, sent: list[dict], settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from backend.studies.models import Image, Result
+    from worker import inference
+
+    study = upload_files(api, small_pngs(7))
+    ids = [i for call in sent for i in call["args"][0]]
+    images = list(Image.objects.filter(study_id=study["id"]).order_by("id"))
+    broken = images[4]  # claimed in id order: the second batch of three
+    with broken.file.storage.open(broken.file.name, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    inference.load_models()  # its warm-up pass is not part of the chunk
+    batch_sizes: list[int] = []
+    forward = inference._forward
+    monkeypatch.setattr(inference, "_forward", lambda models, predictor, x, with_cam: (
+        batch_sizes.append(len(x)) or forward(models, predictor, x, with_cam)))
+
+    settings.INFERENCE_BATCH_SIZE = 3
+    report = inference.run_chunk(ids)
+    assert (report.done, report.failed, report.skipped) == (6, 1, 0)
+    assert batch_sizes == [3, 2, 1]  # the corrupt image left its batch alone
+    assert set(report.stages or {}) == {"claim", "prepare", "forward", "render", "record"}
+    pipelined = {r.image_id: (r.label, r.score, r.bbox) for r in Result.objects.all()}
+    assert all(r.heatmap and r.inference_ms for r in Result.objects.all())
+    assert Image.objects.get(id=broken.id).error.startswith("Could not read the image:")
+
+    # The same chunk as a single batch gives the same results.
+    Result.objects.all().delete()
+    Image.objects.update(status="queued", attempts=0, error="", finished_at=None)
+    batch_sizes.clear()
+    settings.INFERENCE_BATCH_SIZE = 100
+    inference.run_chunk(ids)
+    assert batch_sizes == [6]
+    single = {r.image_id: (r.label, r.score, r.bbox) for r in Result.objects.all()}
+    assert single.keys() == pipelined.keys()
+    for image_id, (label, score, bbox) in single.items():
+        assert pipelined[image_id][0] == label
+        assert pipelined[image_id][1] == pytest.approx(score, abs=1e-5)
+        assert pipelined[image_id][2] == pytest.approx(bbox, abs=1e-5)
+
+
+def test_error_while_writing_heatmaps_records_nothing(
+    tiny_model: None, api: Any, sent: list[dict], settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk's results are written together: a failing storage leaves no half chunk."""
+    from backend.studies.models import Image, Result
+    from worker import inference
+
+    upload_files(api, small_pngs(5))
+    ids = [i for call in sent for i in call["args"][0]]
+    settings.INFERENCE_BATCH_SIZE = 2
+
+    def storage_down(heatmap: Any) -> bytes:
+        raise ConnectionError("object store unreachable")
+
+    monkeypatch.setattr(inference, "heatmap_png", storage_down)
+    with pytest.raises(ConnectionError):
+        inference.run_chunk(ids)
+    assert Result.objects.count() == 0
+    assert set(Image.objects.values_list("status", flat=True)) == {"processing"}
+    monkeypatch.undo()
+    assert inference.run_chunk(ids).done == 5  # the retry takes them over
+    assert Result.objects.count() == 5
 
 
 def test_repeated_chunk_changes_nothing(tiny_model: None, api: Any, sent: list[dict]) -> None:
@@ -72,8 +140,7 @@ def test_late_duplicate_result_is_dropped(tiny_model: None, api: Any, sent: list
     prepared = [inference._prepare(im, models) for im in claim.images]
     preds = inference._forward(models, models.binary,
                                __import__("torch").stack([p.binary_x for p in prepared]), True)
-    late = [inference._render(p, q, None, models, 1.0) for p, q in zip(prepared, preds,
-                                                                        strict=True)]
+    late = [inference._render(p, q, models) for p, q in zip(prepared, preds, strict=True)]
     inference.run_chunk(ids)  # the other delivery finishes first
     first = {r.image_id: r.heatmap.name for r in Result.objects.all()}
     late_files = [r.heatmap.name for r in late]

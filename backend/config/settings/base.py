@@ -232,8 +232,8 @@ INFERENCE_MAX_ATTEMPTS: int = env.int("INFERENCE_MAX_ATTEMPTS", default=5)
 INFERENCE_IO_THREADS: int = env.int("INFERENCE_IO_THREADS", default=0)
 # torch intra-op threads on a CPU worker (0 = CPU count).
 INFERENCE_TORCH_THREADS: int = env.int("INFERENCE_TORCH_THREADS", default=0)
-# Heatmap overlays: "jpeg" (~7 kB, ~0.2 ms to encode) or "png" (~50 kB, ~50 ms optimised).
-INFERENCE_HEATMAP_FORMAT: str = env.str("INFERENCE_HEATMAP_FORMAT", default="jpeg")
+# Images per forward pass on a worker (a chunk is processed as a pipeline of such batches).
+INFERENCE_BATCH_SIZE: int = env.int("INFERENCE_BATCH_SIZE", default=32)
 # "auto" (CUDA when present), "cpu" or "cuda".
 INFERENCE_DEVICE: str = env.str("INFERENCE_DEVICE", default="auto")
 # Load the models when a pool process starts (off only to test lazy loading).
