@@ -107,14 +107,16 @@ def end_to_end(client: Client, paths: list[Path], pool_pid: int | None) -> dict[
     submitted = time.time()
     study = client.submit(paths, name)
     accepted = time.time()
-    assert len(paths) == study_total(client, study["id"]), "some files were rejected"
     # Polled gently (1 s) so the poll itself does not compete with the worker for the CPU;
     # completion = the last result stored (finished_at, same machine clock).
     final = wait_for(lambda: (s := client.status_by_name(name))["status"] in FINAL and s,
                      timeout=3600, interval=1.0, what="study finished")
     worker_cpu = (cpu_seconds(pool_pid) - cpu_started) if pool_pid else float("nan")
     worker_sys = (cpu_split(pool_pid)[1] - sys_started) if pool_pid else float("nan")
+    # Fetched only now: serialising a 500-image study while it is processed competes with the
+    # worker for the CPU (it made the first chunk of each run ~40 % slower).
     detail = client.study(study["id"])
+    assert len(paths) == len(detail["images"]), "some files were rejected"
     finished = [datetime.fromisoformat(im["finished_at"]).timestamp()
                 for im in detail["images"] if im["finished_at"]]
     latencies = [t - accepted for t in finished]
@@ -129,10 +131,6 @@ def end_to_end(client: Client, paths: list[Path], pool_pid: int | None) -> dict[
         "worker_cpu_ms_per_image": worker_cpu / len(paths) * 1000,
         "worker_sys_ms_per_image": worker_sys / len(paths) * 1000,
     }
-
-
-def study_total(client: Client, study_id: str) -> int:
-    return client.study(study_id)["progress"]["total"]
 
 
 def single_images(client: Client, paths: list[Path]) -> dict[str, float]:
@@ -166,6 +164,9 @@ def main() -> int:
                         help="etiology checkpoint, or 'none' (default: MODEL_CHECKPOINT_ETIOLOGY "
                              "when that file exists, as the worker does)")
     parser.add_argument("--threads", default=None, help="PNEUMO_TORCH_THREADS for both")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="end-to-end runs, each between two raw measurements; the "
+                             "median ratio is reported (default 3)")
     parser.add_argument("--url", help="an installation already running (e.g. `make run`)")
     parser.add_argument("--token", help="API token of a user there (with --url)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -188,12 +189,19 @@ def main() -> int:
     singles = xray_files(args.single, offset=args.n)
 
     def measure(client: Client, pool_pid: int | None = None) -> dict:
-        before = raw_model(checkpoint, big, batch, args.threads, etiology)
-        e2e = end_to_end(client, big, pool_pid)
+        # The machine is shared and its speed drifts by +-20 % within minutes: every round
+        # puts the end-to-end run between two raw measurements, and the median round counts.
+        raws = [raw_model(checkpoint, big, batch, args.threads, etiology)]
+        rounds = []
+        for _ in range(args.rounds):
+            e2e = end_to_end(client, big, pool_pid)
+            raws.append(raw_model(checkpoint, big, batch, args.threads, etiology))
+            e2e["raw"] = raw_around(raws[-2], raws[-1])
+            e2e["ratio"] = e2e["images_per_s"] / e2e["raw"]["images_per_s"]
+            rounds.append(e2e)
         one = single_images(client, singles)
-        after = raw_model(checkpoint, big, batch, args.threads, etiology)
-        raw = raw_around(before, after)
-        return {"raw": raw, "e2e": e2e, "single": one}
+        median = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
+        return {"raw": median["raw"], "e2e": median, "rounds": rounds, "single": one}
 
     if args.url:
         if not args.token:
@@ -204,7 +212,9 @@ def main() -> int:
         with running_stack(chunk_size=chunk, batch_size=batch, checkpoint=checkpoint,
                            torch_threads=args.threads, extra_env=worker_env) as stack:
             results = measure(Client(stack.url, stack.token), stack.pool_pid())
-    results["config"] = {"chunk_size": chunk, "batch_size": batch, "cpus": os.cpu_count(),
+    results["config"] = {"chunk_size": chunk, "batch_size": batch, "rounds": args.rounds,
+                         "io_threads": os.environ.get("INFERENCE_IO_THREADS", "auto"),
+                         "cpus": os.cpu_count(),
                          "load_avg_1m": os.getloadavg()[0],
                          "when": datetime.now().isoformat(timespec="seconds")}
     print_table(results)
@@ -227,9 +237,12 @@ def print_table(r: dict) -> None:
         ("raw single-image inference (p50)",
          f"{raw['single_ms']:.1f} ms (before {raw['single_ms_before']:.1f}, "
          f"after {raw['single_ms_after']:.1f})"),
-        (f"end-to-end throughput, N={e2e['n']} ({e2e['status']})",
+        (f"end-to-end throughput, N={e2e['n']} ({e2e['status']}), median round",
          f"{e2e['images_per_s']:.1f} img/s = {ratio:.2f} x raw "
          f"({'meets' if ratio >= 0.85 else 'BELOW'} the 0.85 bar)"),
+        ("  every round: end to end / raw around it",
+         ", ".join(f"{x['images_per_s']:.1f}/{x['raw']['images_per_s']:.1f} = {x['ratio']:.2f}"
+                   for x in r.get("rounds", [e2e]))),
         ("CPU time per image: raw model / worker pool process",
          f"{raw['cpu_ms_per_image']:.2f} / {e2e['worker_cpu_ms_per_image']:.2f} ms "
          f"(model share of the worker's CPU: "

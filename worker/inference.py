@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import numpy as np
 import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
 
 from backend.studies import services
 from backend.studies.models import Image, Result
-from ml.cam import heatmap_png
+from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import ImageDecodeError, decode_image, preprocess
@@ -171,13 +172,32 @@ def _warm_up(models: Models) -> None:
         _forward(models, predictor, x, with_cam=cam)
 
 
-def executor() -> ThreadPoolExecutor:
+def io_threads_idle(device: torch.device) -> bool:
+    """Whether the pool threads run at idle CPU priority (INFERENCE_IO_PRIORITY)."""
+    choice = settings.INFERENCE_IO_PRIORITY
+    return choice == "idle" or (choice == "auto" and device.type == "cpu")
+
+
+def _idle_priority() -> None:
+    """Thread-pool initializer: this thread runs only on CPU time nobody else wants.
+
+    On a CPU worker the torch threads keep ~1.7 of 2 cores busy; decoding the next batch and
+    writing heatmaps at normal priority preempted them and slowed every forward pass (~5 % of
+    throughput, and noisier). At SCHED_IDLE they fill the gaps instead (docs/benchmarks.md).
+    """
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: normal priority
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def executor(device: torch.device | None = None) -> ThreadPoolExecutor:
     """This process's I/O + decode thread pool (created lazily, so never before a fork)."""
     global _executor
     with _lock:
         if _executor is None:
-            workers = settings.INFERENCE_IO_THREADS or max(4, os.cpu_count() or 1)
-            _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-io")
+            workers = settings.INFERENCE_IO_THREADS or os.cpu_count() or 1
+            idle = io_threads_idle(device or torch.device("cpu"))
+            _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-io",
+                                           initializer=_idle_priority if idle else None)
         return _executor
 
 
@@ -217,7 +237,8 @@ def _prepare(image: Image, models: Models) -> _Prepared | str:
     return _Prepared(image, binary_x, etiology_x)
 
 
-def _render(item: _Prepared, pred: Prediction, models: Models) -> Result:
+def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
+            models: Models) -> Result:
     """The image's Result from the binary model, its heatmap written to storage (thread pool).
 
     The etiology fields and the inference time are filled in once the batch is through
@@ -229,8 +250,8 @@ def _render(item: _Prepared, pred: Prediction, models: Models) -> Result:
         model_version=models.binary.version,
         bbox=list(pred.bbox) if pred.bbox else None,
     )
-    if pred.heatmap is not None:
-        result.heatmap.save(HEATMAP_NAME, ContentFile(heatmap_png(pred.heatmap)), save=False)
+    if heat is not None:
+        result.heatmap.save(HEATMAP_NAME, ContentFile(levels_png(heat)), save=False)
     return result
 
 
@@ -269,8 +290,11 @@ def _batch_results(
     forward_started = time.perf_counter()
     preds = _forward(models, models.binary,
                      torch.stack([p.binary_x for p in prepared]), with_cam=True)
-    rendering = [pool.submit(_render, item, pred, models)
-                 for item, pred in zip(prepared, preds, strict=True)]
+    heats: list[np.ndarray | None] = [None] * len(preds)
+    if all(pred.heatmap is not None for pred in preds):
+        heats = list(heatmap_levels(np.stack([pred.heatmap for pred in preds])))
+    rendering = [pool.submit(_render, item, pred, heat, models)
+                 for item, pred, heat in zip(prepared, preds, heats, strict=True)]
     etios: list[Prediction | None] = [None] * len(prepared)
     if models.etiology is not None:
         etios = list(_forward(models, models.etiology,
@@ -283,7 +307,7 @@ def _batch_results(
 
 def run_chunk(image_ids: list[str]) -> ChunkReport:
     """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     try:
         models = load_models()
     except (CheckpointError, FileNotFoundError) as exc:
@@ -296,7 +320,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     claim = services.chunk_claim(image_ids=image_ids,
                                  max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
     stages.lap("claim")
-    pool = executor()
+    pool = executor(models.device)
     size = max(1, settings.INFERENCE_BATCH_SIZE)
     batches = [claim.images[i:i + size] for i in range(0, len(claim.images), size)]
     failures: dict[UUID, str] = {}
@@ -338,7 +362,8 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
                          skipped=skipped, seconds=time.perf_counter() - started,
                          stages=stages.seconds)
     _release_freed_memory()
-    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s (%s)", len(image_ids),
-                report.done, report.failed, report.skipped, report.seconds,
+    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s, CPU %.3f s (%s)",
+                len(image_ids), report.done, report.failed, report.skipped, report.seconds,
+                time.process_time() - cpu_started,
                 " ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.seconds.items()))
     return report

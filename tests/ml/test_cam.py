@@ -18,6 +18,7 @@ from ml.cam import (
     compute_cams,
     grad_cam,
     heatmap_png,
+    heatmap_pngs,
     overlay_png,
     upsample,
 )
@@ -259,3 +260,6 @@ def test_overlay_and_heatmap_png() -> None:
     assert rgba[0, 0, 3] == 0
     with pytest.raises(ValueError):
         heatmap_png(np.zeros(5))
+    # A batch is rendered like its images one by one.
+    maps = np.stack([heat, np.eye(7, dtype=np.float32)])
+    assert heatmap_pngs(maps) == [heatmap_png(heat), heatmap_png(np.eye(7, dtype=np.float32))]

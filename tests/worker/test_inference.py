@@ -98,10 +98,10 @@ def test_error_while_writing_heatmaps_records_nothing(
     ids = [i for call in sent for i in call["args"][0]]
     settings.INFERENCE_BATCH_SIZE = 2
 
-    def storage_down(heatmap: Any) -> bytes:
+    def storage_down(levels: Any) -> bytes:
         raise ConnectionError("object store unreachable")
 
-    monkeypatch.setattr(inference, "heatmap_png", storage_down)
+    monkeypatch.setattr(inference, "levels_png", storage_down)
     with pytest.raises(ConnectionError):
         inference.run_chunk(ids)
     assert Result.objects.count() == 0
@@ -140,7 +140,8 @@ def test_late_duplicate_result_is_dropped(tiny_model: None, api: Any, sent: list
     prepared = [inference._prepare(im, models) for im in claim.images]
     preds = inference._forward(models, models.binary,
                                __import__("torch").stack([p.binary_x for p in prepared]), True)
-    late = [inference._render(p, q, models) for p, q in zip(prepared, preds, strict=True)]
+    late = [inference._render(p, q, inference.heatmap_levels(q.heatmap[None])[0], models)
+            for p, q in zip(prepared, preds, strict=True)]
     inference.run_chunk(ids)  # the other delivery finishes first
     first = {r.image_id: r.heatmap.name for r in Result.objects.all()}
     late_files = [r.heatmap.name for r in late]
@@ -271,3 +272,26 @@ def test_backoff_grows_and_is_capped() -> None:
     assert 0.5 <= backoff_s(0) <= 1
     assert 4 <= backoff_s(3) <= 8
     assert backoff_s(20) <= 60
+
+
+@pytest.mark.parametrize(("choice", "idle"), [("auto", True), ("normal", False), ("idle", True)])
+def test_pool_threads_only_use_cpu_the_forward_pass_leaves_free(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, choice: str, idle: bool
+) -> None:
+    import os
+
+    import torch
+
+    from worker import inference
+
+    settings.INFERENCE_IO_PRIORITY = choice
+    monkeypatch.setattr(inference, "_executor", None)
+    pool = inference.executor(torch.device("cpu"))
+    try:
+        policy = pool.submit(os.sched_getscheduler, 0).result()
+    finally:
+        pool.shutdown()
+    assert policy == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the forward pass keeps its priority
+    # With a GPU the CPU work feeds the device: "auto" keeps normal priority there.
+    assert inference.io_threads_idle(torch.device("cuda")) is (choice == "idle")

@@ -48,7 +48,9 @@ MAX_ZIP_RATIO: int = env.int("MAX_ZIP_RATIO", default=100)
 # Failed-login lockout and request rate of the login, token and sign-up endpoints.
 AUTH_RATE: str = env.str("AUTH_RATE", default="20/m")
 LOGIN_FAILURE_RATE: str = env.str("LOGIN_FAILURE_RATE", default="5/15m")
-INFERENCE_CHUNK_SIZE: int = env.int("INFERENCE_CHUNK_SIZE", default=32)
+# Images per inference task (the web splits studies into chunks; a worker runs a chunk as a
+# pipeline of INFERENCE_BATCH_SIZE batches, so per-task costs are paid once per chunk).
+INFERENCE_CHUNK_SIZE: int = env.int("INFERENCE_CHUNK_SIZE", default=128)
 CELERY_TASK_ALWAYS_EAGER: bool = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 
@@ -228,8 +230,13 @@ STUCK_IMAGE_DEADLINE_S: int = env.int(
 QUEUED_IMAGE_DEADLINE_S: int = env.int("QUEUED_IMAGE_DEADLINE_S", default=900)
 # An image claimed this many times without a result (its worker died each time) is failed.
 INFERENCE_MAX_ATTEMPTS: int = env.int("INFERENCE_MAX_ATTEMPTS", default=5)
-# Threads that read, decode and preprocess a chunk, and encode its heatmaps (0 = CPU count).
+# Threads that read, decode and preprocess a chunk, and encode its heatmaps (0 = CPU count:
+# more only help when reads wait on the network, e.g. S3; on a CPU worker they steal time
+# from the forward pass, docs/benchmarks.md).
 INFERENCE_IO_THREADS: int = env.int("INFERENCE_IO_THREADS", default=0)
+# CPU priority of those threads: "auto" = idle priority on a CPU worker (they only use what
+# the forward pass leaves free), normal with a GPU; or "idle" / "normal".
+INFERENCE_IO_PRIORITY: str = env.str("INFERENCE_IO_PRIORITY", default="auto")
 # torch intra-op threads on a CPU worker (0 = CPU count).
 INFERENCE_TORCH_THREADS: int = env.int("INFERENCE_TORCH_THREADS", default=0)
 # Images per forward pass on a worker (a chunk is processed as a pipeline of such batches).
