@@ -1,0 +1,144 @@
+"""One worker chunk in this process, against the raw models, for A/B tests of worker settings.
+
+    python bench/chunk.py                                   # the current settings
+    python bench/chunk.py INFERENCE_IO_PRIORITY=normal INFERENCE_IO_PRIORITY=idle
+    python bench/chunk.py INFERENCE_IO_THREADS=1 INFERENCE_IO_THREADS=2,INFERENCE_BATCH_SIZE=64
+
+Stores one study of `--images` real X-rays in the PostgreSQL database of bench/pipeline.py
+(no web server, no Celery), then repeats: raw models on the same images, `run_chunk` on the
+whole study, raw again. Each configuration (comma-separated setting=value overrides) runs in
+turn within every repetition, so the machine's drift hits them all alike; the table gives the
+median of chunk throughput / raw throughput around it. Faster to iterate on than the full
+pipeline bench, and free of web, broker and polling noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import DEFAULT_DB, REPO_ROOT, xray_files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="*", default=["current"],
+                        help="SETTING=value[,SETTING=value] per configuration")
+    parser.add_argument("--images", type=int, default=128, help="images in the chunk")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="backend.config.settings.production", SECRET_KEY="bench",
+        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), LOG_LEVEL="WARNING",
+        MEDIA_ROOT=os.environ.get("BENCH_MEDIA_ROOT", "/tmp/pneumoscan-bench-chunk"),
+    )
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import torch
+
+    from worker import inference
+
+    paths = xray_files(args.images, offset=2000)
+    image_ids = _stored_study(paths)
+    models = inference.load_models()
+    from ml.preprocess import decode_image, preprocess
+
+    batch = settings.INFERENCE_BATCH_SIZE
+    tensors = torch.stack([preprocess(decode_image(p.read_bytes()).pixels, models.binary.spec)
+                           for p in paths])
+
+    def raw() -> float:
+        started = time.perf_counter()
+        for i in range(0, len(tensors), batch):
+            models.binary.predict_tensors(tensors[i:i + batch], with_cam=True)
+            if models.etiology is not None:
+                models.etiology.predict_tensors(tensors[i:i + batch], with_cam=False)
+        return time.perf_counter() - started
+
+    def chunk() -> float:
+        _requeue(image_ids)
+        started = time.perf_counter()
+        report = inference.run_chunk(image_ids)
+        assert report.done == len(image_ids), report
+        return time.perf_counter() - started
+
+    raw()
+    ratios: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for config in args.configs:
+            overrides = _overrides(config)
+            saved = {key: getattr(settings, key) for key in overrides}
+            for key, value in overrides.items():
+                setattr(settings, key, value)
+            inference._executor = None  # thread count and priority apply to a new pool
+            before, took, after = raw(), chunk(), raw()
+            ratios.setdefault(config, []).append((before + after) / 2 / took)
+            for key, value in saved.items():
+                setattr(settings, key, value)
+            inference._executor = None
+    width = max(len(c) for c in args.configs)
+    print(f"\n{'configuration'.ljust(width)}  median chunk/raw  every repetition")
+    for config, values in ratios.items():
+        print(f"{config.ljust(width)}  {statistics.median(values):16.2f}  "
+              + " ".join(f"{v:.2f}" for v in values))
+    return 0
+
+
+def _overrides(config: str) -> dict[str, Any]:
+    if config == "current":
+        return {}
+    out: dict[str, Any] = {}
+    for pair in config.split(","):
+        key, _, value = pair.partition("=")
+        out[key] = int(value) if value.isdigit() else value
+    return out
+
+
+def _stored_study(paths: list[Path]) -> list[str]:
+    from unittest import mock
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from backend.accounts.models import Hospital, User
+    from backend.studies import services
+    from backend.studies.models import Image, Study
+
+    hospital, _ = Hospital.objects.get_or_create(name="Bench Hospital")
+    user = User.objects.filter(username="bench-chunk").first() or User.objects.create(
+        username="bench-chunk", hospital=hospital, role="admin")
+    Study.objects.filter(name="bench-chunk").delete()
+    uploads = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
+    # The chunk is run here, by hand: nothing goes to a queue.
+    with mock.patch.object(services, "inference_send", lambda **kwargs: 0):
+        outcome = services.study_create(user=user, uploads=uploads, name="bench-chunk")
+    assert outcome.study is not None, outcome.rejected
+    return [str(pk) for pk in Image.objects.filter(study=outcome.study)
+            .order_by("id").values_list("id", flat=True)]
+
+
+def _requeue(image_ids: list[str]) -> None:
+    from backend.studies.models import Image, Result
+
+    Result.objects.filter(image_id__in=image_ids).delete()
+    Image.objects.filter(id__in=image_ids).update(status="queued", attempts=0, error="",
+                                                  started_at=None, finished_at=None)
+
+
+if __name__ == "__main__":
+    os.chdir(REPO_ROOT)
+    sys.exit(main())
