@@ -74,8 +74,8 @@ class ChunkReport:
 _models: Models | None = None
 _executor: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
-_chunks_since_trim = 0
-TRIM_EVERY_CHUNKS = 16
+_images_since_trim = 0
+TRIM_EVERY_IMAGES = 512
 
 
 def _tune_allocator() -> None:
@@ -93,19 +93,19 @@ def _tune_allocator() -> None:
         libc.mallopt(m_top_pad, 64 * 1024 * 1024)
 
 
-def _release_freed_memory() -> None:
+def _release_freed_memory(images: int) -> None:
     """Give freed heap pages back to the OS every few chunks (glibc only).
 
     Decoding, resizing and rendering allocate and free many image-sized buffers from several
     threads; glibc keeps the freed pages, so RSS crept up by ~20-35 MB per 1,000 images
     although nothing was leaked (tracemalloc flat). `malloc_trim` returns them: RSS stays flat
-    (docs/benchmarks.md). About 12 ms, so only every TRIM_EVERY_CHUNKS chunks.
+    (docs/benchmarks.md). About 12 ms, so only every TRIM_EVERY_IMAGES images.
     """
-    global _chunks_since_trim
-    _chunks_since_trim += 1
-    if _chunks_since_trim < TRIM_EVERY_CHUNKS:
+    global _images_since_trim
+    _images_since_trim += images
+    if _images_since_trim < TRIM_EVERY_IMAGES:
         return
-    _chunks_since_trim = 0
+    _images_since_trim = 0
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -361,7 +361,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     report = ChunkReport(done=done, failed=len(failures) + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
                          stages=stages.seconds)
-    _release_freed_memory()
+    _release_freed_memory(len(image_ids))
     logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s, CPU %.3f s (%s)",
                 len(image_ids), report.done, report.failed, report.skipped, report.seconds,
                 time.process_time() - cpu_started,
