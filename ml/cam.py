@@ -203,9 +203,14 @@ def overlay_png(
 
 
 def _heat_palette() -> bytes:
-    """256 RGBA entries: jet colour, opacity growing with the heat (cold = transparent)."""
+    """256 RGBA entries: jet colour, opacity growing with the heat.
+
+    Below a fifth of the peak the map is fully transparent, so the parts of the radiograph
+    that did not drive the decision stay untinted.
+    """
     v = np.linspace(0.0, 1.0, 256, dtype=np.float32)
-    rgba = np.concatenate([_jet(v), v[:, None]], axis=-1)
+    alpha = np.clip((v - 0.2) / 0.8, 0.0, 1.0)
+    rgba = np.concatenate([_jet(v), alpha[:, None]], axis=-1)
     return (rgba * 255.0 + 0.5).astype(np.uint8).tobytes()
 
 

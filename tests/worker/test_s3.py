@@ -82,4 +82,5 @@ def test_study_through_s3_storage(
     assert not (Path(settings.MEDIA_ROOT) / "studies" / str(study["id"])).exists()
     heatmap = api.get(f"/api/images/{images[0].id}/heatmap/")
     assert heatmap.status_code == 200
-    assert b"".join(heatmap.streaming_content)[:3] == b"\xff\xd8\xff"
+    assert heatmap["Content-Type"] == "image/png"
+    assert b"".join(heatmap.streaming_content)[:4] == b"\x89PNG"
