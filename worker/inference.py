@@ -305,6 +305,16 @@ def _batch_results(
             for future, etio in zip(rendering, etios, strict=True)]
 
 
+def _discard_heatmaps(renderings: list[_Rendering]) -> None:
+    for rendering in renderings:
+        future = rendering.result
+        if future.done() and not future.cancelled() and future.exception() is None:
+            result = future.result()
+            if result.heatmap:
+                with contextlib.suppress(Exception):  # best effort: storage may be down
+                    result.heatmap.delete(save=False)
+
+
 def run_chunk(image_ids: list[str]) -> ChunkReport:
     """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing."""
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -352,9 +362,13 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
                 stages.lap("forward")
         stored = [rendering.completed() for rendering in renderings]
         stages.lap("render")
-    finally:
-        for future in pending:  # an error or the time limit: drop the work not started yet
+    except BaseException:
+        # An error or the time limit: drop the work not started yet, and the heatmaps
+        # already written (nothing refers to them; a retry writes its own).
+        for future in pending:
             future.cancel()
+        _discard_heatmaps(renderings)
+        raise
     done = services.results_record_many(results=stored, failures=failures)
     stages.lap("record")
     skipped = len(image_ids) - len(claim.images) - len(claim.given_up)

@@ -91,21 +91,31 @@ def test_error_while_writing_heatmaps_records_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A chunk's results are written together: a failing storage leaves no half chunk."""
+    from django.core.files.storage import default_storage
+
     from backend.studies.models import Image, Result
     from worker import inference
 
-    upload_files(api, small_pngs(5))
+    study = upload_files(api, small_pngs(5))
     ids = [i for call in sent for i in call["args"][0]]
     settings.INFERENCE_BATCH_SIZE = 2
+    encode = inference.levels_png
+    calls: list[int] = []
 
-    def storage_down(levels: Any) -> bytes:
-        raise ConnectionError("object store unreachable")
+    def storage_goes_down(levels: Any) -> bytes:
+        calls.append(1)
+        if len(calls) > 2:  # the first batch's heatmaps are written, then the store fails
+            raise ConnectionError("object store unreachable")
+        return encode(levels)
 
-    monkeypatch.setattr(inference, "levels_png", storage_down)
+    monkeypatch.setattr(inference, "levels_png", storage_goes_down)
     with pytest.raises(ConnectionError):
         inference.run_chunk(ids)
     assert Result.objects.count() == 0
     assert set(Image.objects.values_list("status", flat=True)) == {"processing"}
+    folder = f"studies/{study['id']}/heatmaps"
+    written = default_storage.listdir(folder)[1] if default_storage.exists(folder) else []
+    assert written == []  # the heatmaps already written were removed again
     monkeypatch.undo()
     assert inference.run_chunk(ids).done == 5  # the retry takes them over
     assert Result.objects.count() == 5
