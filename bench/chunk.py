@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_DB, REPO_ROOT, xray_files
+from bench.common import DEFAULT_DB, REPO_ROOT, RawModels, xray_files
 
 
 def main() -> int:
@@ -49,26 +49,16 @@ def main() -> int:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    import torch
-
     from worker import inference
 
     paths = xray_files(args.images, offset=2000)
     image_ids = _stored_study(paths)
     models = inference.load_models()
-    from ml.preprocess import decode_image, preprocess
-
-    batch = settings.INFERENCE_BATCH_SIZE
-    tensors = torch.stack([preprocess(decode_image(p.read_bytes()).pixels, models.binary.spec)
-                           for p in paths])
+    etiology = settings.MODEL_CHECKPOINT_ETIOLOGY if models.etiology is not None else None
+    raw_models = RawModels(settings.MODEL_CHECKPOINT_BINARY, paths, etiology=etiology)
 
     def raw() -> float:
-        started = time.perf_counter()
-        for i in range(0, len(tensors), batch):
-            models.binary.predict_tensors(tensors[i:i + batch], with_cam=True)
-            if models.etiology is not None:
-                models.etiology.predict_tensors(tensors[i:i + batch], with_cam=False)
-        return time.perf_counter() - started
+        return raw_models.pass_seconds(settings.INFERENCE_BATCH_SIZE)[0]
 
     def chunk() -> float:
         _requeue(image_ids)

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,6 +219,62 @@ class Stack:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     redis_url: str = ""
+
+
+class RawModels:
+    """The models alone, as the worker runs them: X-rays decoded and preprocessed in memory
+    once; binary forward pass + CAM, plus the etiology pass when the worker has one."""
+
+    def __init__(self, checkpoint: str, paths: list[Path], etiology: str | None = None,
+                 threads: str | None = None) -> None:
+        if threads:
+            os.environ["PNEUMO_TORCH_THREADS"] = threads
+        import torch
+
+        from ml.predictor import Predictor
+        from ml.preprocess import decode_image, preprocess
+        from worker.inference import _tune_allocator
+
+        _tune_allocator()  # the same glibc settings as the worker's pool process
+        self.binary = Predictor.from_checkpoint(checkpoint, device="cpu")
+        self.etiology = Predictor.from_checkpoint(etiology, device="cpu") if etiology else None
+        pixels = [decode_image(p.read_bytes()).pixels for p in paths]
+        self.tensors = torch.stack([preprocess(px, self.binary.spec) for px in pixels])
+        self.tensors2 = (torch.stack([preprocess(px, self.etiology.spec) for px in pixels])
+                         if self.etiology else None)
+        self.run(0, 32)  # warm-up
+
+    def run(self, start: int, n: int) -> None:
+        self.binary.predict_tensors(self.tensors[start:start + n], with_cam=True)
+        if self.etiology is not None and self.tensors2 is not None:
+            self.etiology.predict_tensors(self.tensors2[start:start + n], with_cam=False)
+
+    def pass_seconds(self, batch: int) -> tuple[float, float]:
+        """(wall, CPU) seconds for every image once, in batches of `batch`."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for i in range(0, len(self.tensors), batch):
+            self.run(i, batch)
+        return time.perf_counter() - started, time.process_time() - cpu_started
+
+    def measure(self, batch: int, repeats: int = 2) -> dict[str, Any]:
+        import torch
+
+        passes = [self.pass_seconds(batch) for _ in range(repeats)]
+        n = len(self.tensors)
+        singles = []
+        for i in range(min(40, n)):
+            started = time.perf_counter()
+            self.run(i, 1)
+            singles.append(time.perf_counter() - started)
+        second = self.etiology
+        return {"images_per_s": n / min(wall for wall, _ in passes),
+                "single_ms": statistics.median(singles) * 1000,
+                "cpu_ms_per_image": min(cpu for _, cpu in passes) / n * 1000,
+                "threads": torch.get_num_threads(),
+                "model": f"{self.binary.name} {self.binary.version}"
+                         + (f" + {second.name} {second.version}" if second else ""),
+                "arch": self.binary.meta.get("arch", "?"),
+                "input_size": self.binary.input_size}
 
 
 def _answers(url: str) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -37,6 +36,7 @@ from bench.common import (
     FINAL,
     REPO_ROOT,
     Client,
+    RawModels,
     cpu_seconds,
     cpu_split,
     percentile,
@@ -44,53 +44,6 @@ from bench.common import (
     wait_for,
     xray_files,
 )
-
-
-def raw_model(checkpoint: str, paths: list[Path], batch: int, threads: str | None,
-              etiology: str | None = None, repeats: int = 2) -> dict[str, float]:
-    """The models alone, as the worker runs them: decoded, preprocessed tensors in memory;
-    binary forward pass + CAM, plus the etiology forward pass when the worker has one."""
-    if threads:
-        os.environ["PNEUMO_TORCH_THREADS"] = threads
-    import torch
-
-    from ml.predictor import Predictor
-    from ml.preprocess import decode_image, preprocess
-    from worker.inference import _tune_allocator
-
-    _tune_allocator()  # the same glibc settings as the worker's pool process
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    second = Predictor.from_checkpoint(etiology, device="cpu") if etiology else None
-    pixels = [decode_image(p.read_bytes()).pixels for p in paths]
-    tensors = torch.stack([preprocess(px, predictor.spec) for px in pixels])
-    tensors2 = (torch.stack([preprocess(px, second.spec) for px in pixels])
-                if second else None)
-
-    def run(i: int, n: int) -> None:
-        predictor.predict_tensors(tensors[i:i + n], with_cam=True)
-        if second is not None and tensors2 is not None:
-            second.predict_tensors(tensors2[i:i + n], with_cam=False)
-
-    run(0, batch)  # warm-up
-    best = float("inf")
-    cpu_per_image = float("inf")
-    for _ in range(repeats):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        for i in range(0, len(tensors), batch):
-            run(i, batch)
-        best = min(best, time.perf_counter() - started)
-        cpu_per_image = min(cpu_per_image, (time.process_time() - cpu_started) / len(tensors))
-    singles = []
-    for i in range(min(40, len(tensors))):
-        started = time.perf_counter()
-        run(i, 1)
-        singles.append(time.perf_counter() - started)
-    return {"images_per_s": len(tensors) / best, "single_ms": statistics.median(singles) * 1000,
-            "cpu_ms_per_image": cpu_per_image * 1000,
-            "threads": torch.get_num_threads(),
-            "model": f"{predictor.name} {predictor.version}"
-                     + (f" + {second.name} {second.version}" if second else ""),
-            "arch": predictor.meta.get("arch", "?"), "input_size": predictor.input_size}
 
 
 def raw_around(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -201,11 +154,12 @@ def main() -> int:
         client.submit(xray_files(chunk, offset=args.n + args.single), f"warm-{uuid.uuid4()}")
         wait_for(lambda: client.status_by_name("warm-")["status"] in FINAL, timeout=600,
                  interval=0.5, what="warm-up study finished")
-        raws = [raw_model(checkpoint, big, batch, args.threads, etiology)]
+        raw = RawModels(checkpoint, big, etiology=etiology, threads=args.threads)
+        raws = [raw.measure(batch)]
         rounds = []
         for _ in range(args.rounds):
             e2e = end_to_end(client, big, pool_pid)
-            raws.append(raw_model(checkpoint, big, batch, args.threads, etiology))
+            raws.append(raw.measure(batch))
             e2e["raw"] = raw_around(raws[-2], raws[-1])
             e2e["ratio"] = e2e["images_per_s"] / e2e["raw"]["images_per_s"]
             rounds.append(e2e)

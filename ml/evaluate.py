@@ -192,20 +192,7 @@ def format_summary(rep: dict[str, Any]) -> str:
     """Human-readable one-metric-per-line summary with CIs when present."""
     ci = rep.get("ci95") or {}
     lines = []
-    keys = [
-        "n",
-        "threshold",
-        "accuracy",
-        "sensitivity",
-        "specificity",
-        "precision",
-        "f1",
-        "roc_auc",
-        "pr_auc",
-        "ece",
-        "macro_f1",
-        "roc_auc_macro_ovr",
-    ]
+    keys = ["n", "threshold", *CI_KEYS, "ece", "macro_f1", "roc_auc_macro_ovr"]
     for k in keys:
         if k not in rep or rep[k] is None:
             continue
