@@ -64,8 +64,8 @@ def other_user(db: None) -> Any:
     return make_user("bob", "General Hospital")
 
 
-@pytest.fixture
-def api(user: Any) -> Any:
+def client_for(user: Any) -> Any:
+    """A REST client authenticated as `user`."""
     from rest_framework.test import APIClient
 
     client = APIClient()
@@ -74,12 +74,13 @@ def api(user: Any) -> Any:
 
 
 @pytest.fixture
-def other_api(other_user: Any) -> Any:
-    from rest_framework.test import APIClient
+def api(user: Any) -> Any:
+    return client_for(user)
 
-    client = APIClient()
-    client.force_authenticate(other_user)
-    return client
+
+@pytest.fixture
+def other_api(other_user: Any) -> Any:
+    return client_for(other_user)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:

@@ -8,17 +8,11 @@ import pytest
 from rest_framework.test import APIClient
 
 from backend.accounts.models import User
-from tests.conftest import make_user
+from tests.conftest import client_for, make_user
 
 pytestmark = pytest.mark.django_db
 NEW = {"username": "nurse", "password": "Chest-Film-4242", "email": "n@example.org",
        "role": "clinician"}
-
-
-def client_for(user: Any) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture

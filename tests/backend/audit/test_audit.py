@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from backend.audit.models import AuditEvent
 from backend.studies.models import Study
 from tests.backend.conftest import png_bytes
-from tests.conftest import make_user
+from tests.conftest import client_for, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -79,9 +79,7 @@ def test_audit_log_filters_by_action_and_rejects_unknown_actions(
 
 def test_audit_log_is_for_admins_only(user: Any) -> None:
     clinician = make_user("carl", user.hospital.name, role="clinician")
-    client = APIClient()
-    client.force_authenticate(clinician)
-    assert client.get("/api/hospital/audit/").status_code == 403
+    assert client_for(clinician).get("/api/hospital/audit/").status_code == 403
     assert APIClient().get("/api/hospital/audit/").status_code in (401, 403)
 
 
