@@ -228,81 +228,6 @@ def inference_send(*, app: Any, image_ids: list[str], priority: int) -> int:
     return (len(image_ids) + size - 1) // size
 
 
-def images_claim(*, image_ids: Sequence[str | UUID]) -> list[Image]:
-    """Mark images as processing and return those still to do.
-
-    Images already finished are skipped, so a redelivered task does no work twice; images left
-    in processing by a dead worker are taken again.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        images = list(
-            Image.objects.select_for_update()
-            .filter(id__in=image_ids, status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
-            .order_by("id")
-        )
-        for image in images:
-            image.status = Image.Status.PROCESSING
-            image.started_at = now
-            image.attempts += 1
-        Image.objects.bulk_update(images, ["status", "started_at", "attempts"])
-    study_ids = {image.study_id for image in images}
-    for study_id in study_ids:
-        study_refresh_status(study_id=study_id)
-    return images
-
-
-@dataclass(frozen=True)
-class ResultData:
-    label: str
-    probabilities: dict[str, float]
-    score: float
-    threshold: float
-    model_name: str
-    model_version: str
-    etiology_label: str = ""
-    etiology_probabilities: dict[str, float] = field(default_factory=dict)
-    bbox: list[float] | None = None
-    heatmap_png: bytes | None = None
-    inference_ms: float | None = None
-
-
-def result_record(*, image_id: UUID | str, data: ResultData) -> Result | None:
-    """Store an image's result once; a repeat for a finished image changes nothing."""
-    with transaction.atomic():
-        image = Image.objects.select_for_update().get(id=image_id)
-        if image.status in Image.FINAL_STATUSES:
-            return None
-        result = Result(
-            image=image, label=data.label, probabilities=data.probabilities, score=data.score,
-            threshold=data.threshold, model_name=data.model_name,
-            model_version=data.model_version, etiology_label=data.etiology_label,
-            etiology_probabilities=data.etiology_probabilities, bbox=data.bbox,
-            inference_ms=data.inference_ms,
-        )
-        if data.heatmap_png:
-            result.heatmap.save("heatmap.png", ContentFile(data.heatmap_png), save=False)
-        result.save()
-        image.status = Image.Status.DONE
-        image.error = ""
-        image.finished_at = timezone.now()
-        image.save(update_fields=["status", "error", "finished_at"])
-    study_refresh_status(study_id=image.study_id)
-    return result
-
-
-def image_fail(*, image_id: UUID | str, reason: str) -> None:
-    with transaction.atomic():
-        image = Image.objects.select_for_update().get(id=image_id)
-        if image.status in Image.FINAL_STATUSES:
-            return
-        image.status = Image.Status.FAILED
-        image.error = reason[:2000]
-        image.finished_at = timezone.now()
-        image.save(update_fields=["status", "error", "finished_at"])
-    study_refresh_status(study_id=image.study_id)
-
-
 def derive_study_status(counts: dict[str, int], total: int) -> str:
     """A study's status follows from the statuses of its images."""
     unfinished = counts.get("queued", 0) + counts.get("processing", 0)
@@ -441,15 +366,14 @@ def _refresh_if_finished(study_ids: set[UUID]) -> None:
 def images_fail_many(*, image_ids: Sequence[str | UUID], reason: str) -> int:
     """Fail the unfinished images among `image_ids` with one reason (e.g. a time limit)."""
     with transaction.atomic():
-        images = list(
+        images = dict(
             Image.objects.select_for_update().filter(id__in=image_ids)
             .exclude(status__in=Image.FINAL_STATUSES).order_by("id")
+            .values_list("id", "study_id")
         )
-        now = timezone.now()
-        for image in images:
-            image.status, image.error, image.finished_at = Image.Status.FAILED, reason[:2000], now
-        Image.objects.bulk_update(images, ["status", "error", "finished_at"])
-    for study_id in sorted({image.study_id for image in images}):
+        Image.objects.filter(id__in=list(images)).update(
+            status=Image.Status.FAILED, error=reason[:2000], finished_at=timezone.now())
+    for study_id in sorted(set(images.values())):
         study_refresh_status(study_id=study_id)
     return len(images)
 

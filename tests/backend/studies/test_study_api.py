@@ -136,9 +136,9 @@ def test_cancel_marks_queued_images_cancelled_and_leaves_processing_ones(
     assert statuses == ["cancelled", "cancelled", "done", "processing"]
     # Still processing until the running image finishes; then cancelled.
     assert response.json()["study"]["status"] == "processing"
-    from backend.studies.services import image_fail
+    from backend.studies.services import images_fail_many
 
-    image_fail(image_id=study.images.get(status="processing").id, reason="x")
+    images_fail_many(image_ids=[study.images.get(status="processing").id], reason="x")
     study.refresh_from_db()
     assert study.status == "cancelled"
 

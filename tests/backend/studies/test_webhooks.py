@@ -14,7 +14,7 @@ import pytest
 
 from backend.studies import webhooks
 from backend.studies.models import Study
-from backend.studies.services import image_fail, study_refresh_status
+from backend.studies.services import images_fail_many, study_refresh_status
 
 pytestmark = pytest.mark.django_db
 SECRET = "hospital-shared-secret"
@@ -156,7 +156,7 @@ def test_finishing_a_study_queues_the_webhook_once_after_commit(
     assert no_broker["webhook"] == []
     running = study.images.get(status="processing")
     with django_capture_on_commit_callbacks(execute=True):
-        image_fail(image_id=running.id, reason="unreadable")
+        images_fail_many(image_ids=[running.id], reason="unreadable")
         study_refresh_status(study_id=study.id)  # no transition: nothing more sent
     assert no_broker["webhook"] == [study.id]
 
