@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,9 @@ from ml.checkpoint import model_from_checkpoint
 from ml.preprocess import decode_image, spec_values, to_model_tensor
 
 Source = str | Path | bytes | np.ndarray
+Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,9 +55,48 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def optimize_cpu_default() -> bool:
+    """PNEUMO_OPTIMIZE_CPU=0 turns the optimised CPU forward pass off (default on)."""
+    return os.environ.get("PNEUMO_OPTIMIZE_CPU", "1").strip().lower() not in ("0", "false", "no")
+
+
+def cpu_runner(model: torch.nn.Module, channels: int, input_size: int) -> Runner | None:
+    """The model's forward pass traced, frozen and optimised for CPU inference, or None.
+
+    Two reasons, both measured (docs/benchmarks.md): the frozen graph folds batch norm into
+    the convolutions and uses prepacked oneDNN kernels (~30 % faster here), and it runs the
+    whole pass in C++ without taking the GIL between operators. An eager pass needs the GIL
+    back after every operator, so any other Python thread of the worker (decoding the next
+    batch, writing heatmaps) slowed it several-fold.
+
+    TorchScript is deprecated upstream in favour of torch.compile / torch.export, which need a
+    C++ toolchain and ~25 s per model at start-up here and still hand the GIL back between
+    kernels. If a later torch drops or breaks it, we fall back to the eager model (logged):
+    same results, only slower. Outputs are checked against the eager model before use.
+    """
+    example = torch.rand(2, channels, input_size, input_size)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notices, once per model load
+            traced = torch.jit.trace(model.eval(), example)
+            runner = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            expected, got = model(example), runner(example)
+        for want, have in zip(expected, got, strict=True):
+            if not torch.allclose(want, have, rtol=1e-3, atol=1e-4):
+                raise ValueError("optimised outputs differ from the eager model's")
+    except Exception as exc:  # any failure: the eager model is always correct
+        logger.warning("Optimised CPU forward pass unavailable, using the eager model: %s", exc)
+        return None
+    return runner  # type: ignore[no-any-return]
+
+
 class Predictor:
     def __init__(
-        self, model: torch.nn.Module, meta: dict[str, Any], device: str | torch.device | None = None
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        device: str | torch.device | None = None,
+        optimize: bool | None = None,
     ) -> None:
         self.device = (
             torch.device(device)
@@ -72,15 +116,22 @@ class Predictor:
         self.spec: dict[str, Any] = dict(meta["preprocessing"])
         self.input_size, self.mean, self.std, self.channels = spec_values(self.spec)
         self._normal = self.classes.index("normal")
+        # (features, logits) for a batch; plain-CAM models only (Grad-CAM needs the graph).
+        self.runner: Runner | None = None
+        if optimize is None:
+            optimize = optimize_cpu_default()
+        if optimize and self.device.type == "cpu" and self.model.linear is not None:
+            self.runner = cpu_runner(self.model, self.channels, self.input_size)
 
     @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,
         device: str | torch.device | None = None,
+        optimize: bool | None = None,
     ) -> Predictor:
         model, meta = model_from_checkpoint(path, map_location="cpu")
-        return cls(model, meta, device)
+        return cls(model, meta, device, optimize)
 
     # ---------------------------------------------------------------------------------------
     def to_tensor(self, source: Source) -> torch.Tensor:
@@ -127,7 +178,7 @@ class Predictor:
         else:
             with torch.inference_mode():
                 # One forward pass; its features are reused for plain CAM below.
-                feats, logits = self.model(x)
+                feats, logits = (self.runner or self.model)(x)
         probs = torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
         decisions = [self.decide(p) for p in probs]
         cams = None

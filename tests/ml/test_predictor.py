@@ -98,3 +98,71 @@ def test_etiology_predictor(etiology_ckpt: Path, val_sample: list) -> None:
         assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
         assert p.score == pytest.approx(1.0 - p.probabilities["normal"], abs=1e-6)
         assert (p.label != "normal") == (p.score >= p.threshold)
+
+
+def _eager_and_optimised(checkpoint: Path) -> tuple[Predictor, Predictor]:
+    return (Predictor.from_checkpoint(checkpoint, device="cpu", optimize=False),
+            Predictor.from_checkpoint(checkpoint, device="cpu", optimize=True))
+
+
+def test_cpu_predictor_runs_the_optimised_forward_pass_by_default(
+    binary_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PNEUMO_OPTIMIZE_CPU", raising=False)
+    assert isinstance(Predictor.from_checkpoint(binary_ckpt, device="cpu").runner,
+                      torch.jit.ScriptModule)
+    monkeypatch.setenv("PNEUMO_OPTIMIZE_CPU", "0")
+    assert Predictor.from_checkpoint(binary_ckpt, device="cpu").runner is None
+
+
+@pytest.mark.parametrize("task", ["binary", "etiology"])
+def test_optimised_forward_pass_gives_the_eager_predictions(
+    task: str, binary_ckpt: Path, etiology_ckpt: Path, val_sample: list
+) -> None:
+    eager, optimised = _eager_and_optimised(binary_ckpt if task == "binary" else etiology_ckpt)
+    assert eager.runner is None and optimised.runner is not None
+    batch = torch.stack([eager.to_tensor(r.path) for r in val_sample[::4]])  # 10 images
+    for want, got in zip(eager.predict_tensors(batch), optimised.predict_tensors(batch),
+                         strict=True):
+        assert got.label == want.label and got.bbox == pytest.approx(want.bbox, abs=1e-3)
+        for cls, p in want.probabilities.items():
+            assert got.probabilities[cls] == pytest.approx(p, abs=1e-4)
+        assert got.heatmap is not None and want.heatmap is not None
+        assert np.abs(got.heatmap - want.heatmap).max() < 1e-3
+    # Any batch size, including the single image of a one-image study.
+    single = optimised.predict_tensors(batch[:1])[0]
+    assert single.label == eager.predict_tensors(batch[:1])[0].label
+
+
+def test_optimisation_that_fails_falls_back_to_the_eager_model(
+    binary_ckpt: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_trace(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("TorchScript is not available in this build")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    with caplog.at_level("WARNING", logger="ml.predictor"):
+        fallback = Predictor.from_checkpoint(binary_ckpt, device="cpu", optimize=True)
+    assert fallback.runner is None
+    assert "using the eager model" in caplog.text and "not available" in caplog.text
+    batch = torch.zeros(2, fallback.channels, fallback.input_size, fallback.input_size)
+    assert len(fallback.predict_tensors(batch)) == 2
+
+
+def test_optimised_outputs_that_differ_are_not_used(
+    binary_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_optimize = torch.jit.optimize_for_inference
+
+    def wrong(module: torch.jit.ScriptModule) -> torch.nn.Module:
+        real_optimize(module)
+
+        class Off(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                feats, logits = module(x)
+                return feats, logits + 1.0
+
+        return Off()
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", wrong)
+    assert Predictor.from_checkpoint(binary_ckpt, device="cpu", optimize=True).runner is None
