@@ -26,7 +26,7 @@ test: $(STAMP)
 ## WORKER_QUEUES=inference,default makes it take light work too. Ctrl-C: warm shutdown.
 WORKER_QUEUES ?= inference
 worker: $(STAMP)
-	$(PY) -m celery -A worker worker -Q $(WORKER_QUEUES) --pool=prefork --concurrency=1 -n inference-$$RANDOM@%h --loglevel=INFO
+	$(PY) -m celery -A worker worker -Q $(WORKER_QUEUES) --pool=prefork -n inference-$$RANDOM@%h --loglevel=INFO
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -189,7 +189,7 @@ class Stack:
 
     def start_worker(self, name: str = "bench") -> subprocess.Popen:
         worker = self._spawn([sys.executable, "-m", "celery", "-A", "worker", "worker",
-                              "-Q", "inference,default", "--pool=prefork", "--concurrency=1",
+                              "-Q", "inference,default", "--pool=prefork",
                               "-n", f"{name}@%h", "--loglevel=INFO", "--without-gossip",
                               "--without-mingle"], self.worker_log)
         wait_for(lambda: b"Loaded " in self.worker_log.read_bytes()

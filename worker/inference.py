@@ -42,12 +42,15 @@ import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
 
+from backend.config.sizing import torch_threads
 from backend.studies import services
 from backend.studies.models import Image, Result
 from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import ImageDecodeError, decode_image, preprocess
+
+from .signals import pool_processes
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ def select_device() -> torch.device:
 
 
 def _cpu_threads() -> int:
-    return settings.INFERENCE_TORCH_THREADS or max(1, os.cpu_count() or 1)
+    return torch_threads(settings.INFERENCE_TORCH_THREADS, processes=pool_processes())
 
 
 def load_models() -> Models:
@@ -137,11 +140,10 @@ def load_models() -> Models:
         _tune_allocator()
         device = select_device()
         if device.type == "cpu":
-            # ml.predictor reads this: one intra-op thread per core, the cores are ours.
-            if settings.INFERENCE_TORCH_THREADS:
-                os.environ["PNEUMO_TORCH_THREADS"] = str(settings.INFERENCE_TORCH_THREADS)
-            else:
-                os.environ.setdefault("PNEUMO_TORCH_THREADS", str(_cpu_threads()))
+            # ml.predictor reads this: the cores shared out between the pool processes, unless
+            # INFERENCE_TORCH_THREADS (or PNEUMO_TORCH_THREADS itself) says otherwise.
+            if settings.INFERENCE_TORCH_THREADS or not os.environ.get("PNEUMO_TORCH_THREADS"):
+                os.environ["PNEUMO_TORCH_THREADS"] = str(_cpu_threads())
         else:
             torch.backends.cudnn.benchmark = True
         binary = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_BINARY, device=device)

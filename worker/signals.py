@@ -3,8 +3,10 @@
 Trap avoided: CUDA cannot be re-initialised in a forked child, and a model loaded in the parent
 would either break CUDA or be copied into every child. The parent (`worker_init`) only notes
 which queues it serves; each pool process (`worker_process_init`) loads the model itself.
-An inference worker runs one pool process (`--concurrency=1`): one model copy per worker, and
-batching, not more processes, keeps the CPU or GPU busy.
+A GPU worker runs one pool process (one CUDA context; batching keeps the GPU busy). A CPU worker
+runs one per core by default (INFERENCE_PROCESSES), each with its own copy of the small models
+and its share of the cores as torch threads: while one process decodes, writes heatmaps or
+talks to the database, the others keep the cores busy (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -18,16 +20,24 @@ logger = logging.getLogger(__name__)
 
 INFERENCE_QUEUE = "inference"
 _serves_inference = False
+_pool_processes = 1
 
 
 def serves_inference() -> bool:
     return _serves_inference
 
 
+def pool_processes() -> int:
+    """Pool processes of this worker (its --concurrency); 1 outside a worker."""
+    return _pool_processes
+
+
 @signals.worker_init.connect
 def _note_queues(sender: object = None, **kwargs: object) -> None:
-    """In the parent, before any fork: remember whether this worker consumes `inference`."""
-    global _serves_inference
+    """In the parent, before any fork: remember whether this worker consumes `inference`, and
+    how many pool processes share the machine's cores."""
+    global _serves_inference, _pool_processes
+    _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
     queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
     consume_from = getattr(queues, "consume_from", None) or {}
     _serves_inference = INFERENCE_QUEUE in consume_from

@@ -119,14 +119,16 @@ def wait_study(study_id: str, timeout: float = 120) -> dict:
 
 def launch_worker(log: Path, *, db_name: str, checkpoint: Path, redis_url: str = TEST_REDIS_URL,
                   queues: str = "inference,default", name: str = "w", beat: bool = False,
-                  **extra_env: str) -> subprocess.Popen:
+                  concurrency: int | None = 1, **extra_env: str) -> subprocess.Popen:
     """A real `celery worker` (own process group, so kill -9 can take all its processes)."""
     env = worker_env(db_name, REDIS_URL=redis_url, TEST_REDIS_URL=redis_url,
                      MODEL_CHECKPOINT_BINARY=str(checkpoint),
                      MODEL_CHECKPOINT_ETIOLOGY=str(checkpoint.parent / "absent.pt"),
-                     PNEUMO_TORCH_THREADS="1", INFERENCE_IO_THREADS="2", **extra_env)
+                     **{"PNEUMO_TORCH_THREADS": "1", "INFERENCE_IO_THREADS": "2", **extra_env})
+    # Without a concurrency, the worker sizes its pool from the settings, as `make worker`.
+    pool = [f"--concurrency={concurrency}"] if concurrency else []
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues,
-            "--pool=prefork", "--concurrency=1", "-n", f"{name}-{os.getpid()}@%h",
+            "--pool=prefork", *pool, "-n", f"{name}-{os.getpid()}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if beat:
         argv += ["-B", "-s", str(log.parent / f"beat-{name}")]

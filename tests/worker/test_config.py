@@ -143,3 +143,34 @@ def test_retry_countdowns_stay_below_the_visibility_timeout() -> None:
     from worker.tasks import MAX_RETRIES, backoff_s
 
     assert max(backoff_s(n) for n in range(MAX_RETRIES + 1)) < settings.CELERY_VISIBILITY_TIMEOUT
+
+
+def test_inference_pool_size_follows_the_machine(tmp_path: Any) -> None:
+    from backend.config.sizing import inference_processes, torch_threads
+
+    no_gpu = tmp_path / "no-driver"
+    gpus = tmp_path / "gpus"
+    gpus.mkdir()
+    (gpus / "0000:3b:00.0").mkdir()
+    # CPU worker: one process per core, capped; the cores shared out as torch threads.
+    assert inference_processes(0, device="auto", cores=2, gpus=no_gpu) == 2
+    assert inference_processes(0, device="cpu", cores=32, gpus=gpus) == 4
+    assert inference_processes(0, device="auto", cores=1, gpus=no_gpu) == 1
+    assert torch_threads(0, processes=2, cores=2) == 1
+    assert torch_threads(0, processes=4, cores=32) == 8
+    assert torch_threads(0, processes=1, cores=2) == 2
+    assert torch_threads(3, processes=2, cores=2) == 3  # INFERENCE_TORCH_THREADS wins
+    # GPU worker: one process (one CUDA context), found without initialising CUDA.
+    assert inference_processes(0, device="auto", cores=16, gpus=gpus) == 1
+    assert inference_processes(0, device="cuda", cores=16, gpus=no_gpu) == 1
+    assert inference_processes(3, device="auto", cores=16, gpus=gpus) == 3  # as configured
+
+
+def test_effective_worker_concurrency_is_the_inference_pool_size() -> None:
+    from django.conf import settings
+
+    from backend.config.sizing import inference_processes
+    from worker.celery_app import app
+
+    expected = inference_processes(settings.INFERENCE_PROCESSES, device=settings.INFERENCE_DEVICE)
+    assert app.conf.worker_concurrency == expected >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,27 @@ def test_chunk_over_the_soft_time_limit_is_a_recorded_failure_and_the_worker_liv
         assert wait_study(quick["id"], timeout=60)["status"] == "done"
     finally:
         stop_worker(worker)
+
+
+def test_cpu_worker_pool_shares_the_cores_between_its_processes(
+    api: Any, db_name: str, broker: str, tiny_checkpoint: Path, tmp_path: Path,
+) -> None:
+    log = tmp_path / "worker.log"
+    # As `make worker`: no --concurrency, no thread count; the settings size the pool.
+    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
+                           concurrency=None, INFERENCE_PROCESSES="2", PNEUMO_TORCH_THREADS="",
+                           INFERENCE_DEVICE="cpu")
+    try:
+        wait_for(lambda: len(re.findall(r"Loaded tiny-test", log.read_text())) == 2,
+                 timeout=90, interval=0.3)
+        study = upload_files(api, small_pngs(3, seed=7))
+        assert wait_study(study["id"], timeout=60)["status"] == "done"
+    finally:
+        stop_worker(worker)
+    loads = re.findall(r"Loaded tiny-test .* \((\d+) threads\) in process (\d+)", log.read_text())
+    pids = {int(pid) for _, pid in loads}
+    assert len(pids) == 2 and worker.pid not in pids  # two pool processes, one model each
+    assert {int(threads) for threads, _ in loads} == {max(1, (os.cpu_count() or 1) // 2)}
 
 
 def test_model_is_loaded_once_in_the_pool_process_not_the_parent(

@@ -11,6 +11,8 @@ from pathlib import Path
 import environ
 from kombu import Queue
 
+from backend.config.sizing import inference_processes
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BACKEND_DIR = REPO_ROOT / "backend"
 FRONTEND_DIR = REPO_ROOT / "frontend"
@@ -237,12 +239,20 @@ INFERENCE_IO_THREADS: int = env.int("INFERENCE_IO_THREADS", default=0)
 # CPU priority of those threads: "auto" = idle priority on a CPU worker (they only use what
 # the forward pass leaves free), normal with a GPU; or "idle" / "normal".
 INFERENCE_IO_PRIORITY: str = env.str("INFERENCE_IO_PRIORITY", default="auto")
-# torch intra-op threads on a CPU worker (0 = CPU count).
+# Pool processes of an inference worker, each with its own copy of the (small) models: its
+# Celery concurrency, unless --concurrency is given. 0 = auto: one per CPU core, at most 4, on
+# a CPU worker (two single-threaded processes moved ~1.4x the images of one process with two
+# threads on 2 cores: while one runs Python, decodes or writes, the other computes;
+# docs/benchmarks.md); 1 with a GPU (one CUDA context, batching keeps it busy).
+INFERENCE_PROCESSES: int = env.int("INFERENCE_PROCESSES", default=0)
+# torch intra-op threads per pool process on a CPU worker (0 = the cores split between the
+# pool processes).
 INFERENCE_TORCH_THREADS: int = env.int("INFERENCE_TORCH_THREADS", default=0)
 # Images per forward pass on a worker (a chunk is processed as a pipeline of such batches).
 INFERENCE_BATCH_SIZE: int = env.int("INFERENCE_BATCH_SIZE", default=32)
 # "auto" (CUDA when present), "cpu" or "cuda".
 INFERENCE_DEVICE: str = env.str("INFERENCE_DEVICE", default="auto")
+CELERY_WORKER_CONCURRENCY = inference_processes(INFERENCE_PROCESSES, device=INFERENCE_DEVICE)
 # Load the models when a pool process starts (off only to test lazy loading).
 INFERENCE_PRELOAD: bool = env.bool("INFERENCE_PRELOAD", default=True)
 

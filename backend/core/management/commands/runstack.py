@@ -86,10 +86,9 @@ def build_children(py: str, env: dict[str, str], var_dir: Path) -> list[Child]:
         Child("web", [py, "-m", "gunicorn", "backend.config.wsgi", "--bind",
                       f"0.0.0.0:{port}", "--workers", env.get("WEB_CONCURRENCY", "2"),
                       "--timeout", "120"]),
-        # One pool process per inference worker: one model copy, batching keeps it busy.
+        # Pool processes: INFERENCE_PROCESSES (auto: one per core on a CPU, 1 with a GPU).
         Child("worker-inference", [*celery, "worker", "-Q", "inference", "--pool=prefork",
-                                   "--concurrency=1", "-n", "inference@%h",
-                                   "--loglevel=INFO"]),
+                                   "-n", "inference@%h", "--loglevel=INFO"]),
         Child("worker-default", [*celery, "worker", "-Q", "default", "--concurrency=2",
                                  "-n", "default@%h", "--loglevel=INFO"]),
         Child("beat", [*celery, "beat", "--loglevel=INFO", "-s",

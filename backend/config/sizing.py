@@ -1,0 +1,37 @@
+"""How many pool processes an inference worker runs (settings only; no torch, no CUDA).
+
+Decided in the settings, before Celery forks its pool, so it must not initialise CUDA: a GPU
+is recognised by the NVIDIA driver's entries in /proc, not through torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MAX_AUTO_PROCESSES = 4
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
+
+
+def gpu_present(gpus: Path = NVIDIA_GPUS) -> bool:
+    try:
+        return any(gpus.iterdir())
+    except OSError:
+        return False
+
+
+def inference_processes(configured: int, *, device: str, cores: int | None = None,
+                        gpus: Path = NVIDIA_GPUS) -> int:
+    """`configured` when set; else 1 on a GPU, one per core (at most 4) on a CPU worker."""
+    if configured > 0:
+        return configured
+    if device == "cuda" or (device == "auto" and gpu_present(gpus)):
+        return 1
+    return max(1, min(MAX_AUTO_PROCESSES, cores or os.cpu_count() or 1))
+
+
+def torch_threads(configured: int, *, processes: int, cores: int | None = None) -> int:
+    """`configured` when set; else the cores shared out between the pool processes."""
+    if configured > 0:
+        return configured
+    return max(1, (cores or os.cpu_count() or 1) // max(1, processes))
