@@ -196,12 +196,14 @@ class Stack:
                  and b" ready." in self.worker_log.read_bytes(), 180, what="worker ready")
         return worker
 
-    def pool_pid(self) -> int:
-        """The worker's pool process (where the model lives)."""
+    def pool_pids(self) -> list[int]:
+        """The worker's pool processes (where the models live)."""
         assert self.worker is not None
         children = Path(f"/proc/{self.worker.pid}/task/{self.worker.pid}/children")
-        pids = [int(p) for p in children.read_text().split()]
-        return pids[0]
+        return [int(p) for p in children.read_text().split()]
+
+    def pool_pid(self) -> int:
+        return self.pool_pids()[0]
 
     def stop(self) -> None:
         for process in reversed(self.processes):
@@ -275,6 +277,60 @@ class RawModels:
                          + (f" + {second.name} {second.version}" if second else ""),
                 "arch": self.binary.meta.get("arch", "?"),
                 "input_size": self.binary.input_size}
+
+
+class RawStreams:
+    """The worker's layout without the worker: `processes` copies of the models, each with
+    `threads` torch threads, passing over the same tensors at the same time (spawned
+    processes, started in lock step). Their combined images/s is the raw speed of that
+    layout, to compare with one copy using every core (RawModels)."""
+
+    def __init__(self, processes: int, threads: int, checkpoint: str, paths: list[Path],
+                 etiology: str | None) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.n = len(paths)
+        self.barrier = context.Barrier(processes)
+        self.pipes = []
+        self.processes = []
+        for _ in range(processes):
+            parent, child = context.Pipe()
+            process = context.Process(target=_raw_stream, daemon=True, args=(
+                child, self.barrier, threads, checkpoint, [str(p) for p in paths], etiology))
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+        for pipe in self.pipes:
+            pipe.recv()  # loaded and warmed up
+
+    def images_per_s(self, batch: int, repeats: int = 2) -> float:
+        best = 0.0
+        for _ in range(repeats):
+            for pipe in self.pipes:
+                pipe.send(batch)
+            walls = [pipe.recv() for pipe in self.pipes]
+            best = max(best, len(self.pipes) * self.n / max(walls))
+        return best
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(None)
+        for process in self.processes:
+            process.join(timeout=30)
+
+
+def _raw_stream(pipe: Any, barrier: Any, threads: int, checkpoint: str, paths: list[str],
+                etiology: str | None) -> None:
+    import django
+
+    django.setup()  # RawModels uses the worker's allocator settings
+    raw = RawModels(checkpoint, [Path(p) for p in paths], etiology=etiology,
+                    threads=str(threads))
+    pipe.send("ready")
+    while (batch := pipe.recv()) is not None:
+        barrier.wait()
+        pipe.send(raw.pass_seconds(batch)[0])
 
 
 def _answers(url: str) -> bool:

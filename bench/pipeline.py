@@ -5,12 +5,14 @@
                                                   # one CPU worker (-Q inference,default)
     python bench/pipeline.py --url http://127.0.0.1:8000 --token TOKEN   # against `make run`
 
-Measured in one run, with the same checkpoint, thread count and batch size (the worker's
+Measured in one run, with the same checkpoints and batch size (the worker's
 INFERENCE_BATCH_SIZE; a task of INFERENCE_CHUNK_SIZE images runs as a pipeline of batches):
 
-* raw model: `Predictor.predict_tensors(batch, with_cam=True)` on tensors already decoded and
-  preprocessed, in this process while the worker is idle: images/s at the chunk size, and the
-  median time of one image (batch of 1);
+* raw model: `Predictor.predict_tensors(batch, with_cam=True)` (+ the etiology model) on
+  tensors already decoded and preprocessed, while the worker is idle, in two layouts: one
+  copy of the models using the cores, in this process; and the worker's own layout, its pool
+  processes x their torch threads (RawStreams), when it has several. The faster counts as the
+  raw throughput. The median time of one image (batch of 1) is the single-image reference;
 * end to end: one study of N real X-rays POSTed to /api/studies/; throughput = N / (time from
   the study being stored, its `created_at`, to the last result stored); per-image latency =
   its result stored - study stored; the same including the upload itself. Each of
@@ -29,6 +31,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,6 +40,7 @@ from bench.common import (
     REPO_ROOT,
     Client,
     RawModels,
+    RawStreams,
     cpu_seconds,
     cpu_split,
     percentile,
@@ -49,16 +53,23 @@ from bench.common import (
 def raw_around(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """The machine is shared: average the raw numbers measured just before and just after."""
     merged = dict(before)
-    for key in ("images_per_s", "single_ms", "cpu_ms_per_image"):
+    for key in ("images_per_s", "single_ms", "cpu_ms_per_image", "one_copy_images_per_s",
+                "layout_images_per_s"):
         merged[key] = (before[key] + after[key]) / 2
         merged[f"{key}_before"], merged[f"{key}_after"] = before[key], after[key]
     return merged
 
 
-def end_to_end(client: Client, paths: list[Path], pool_pid: int | None) -> dict[str, float]:
+def _pool_cpu(pids: list[int]) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of the worker's pool processes so far."""
+    if not pids:
+        return float("nan"), float("nan")
+    return sum(cpu_seconds(p) for p in pids), sum(cpu_split(p)[1] for p in pids)
+
+
+def end_to_end(client: Client, paths: list[Path], pool_pids: list[int]) -> dict[str, float]:
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    cpu_started = cpu_seconds(pool_pid) if pool_pid else float("nan")
-    sys_started = cpu_split(pool_pid)[1] if pool_pid else float("nan")
+    cpu_started, sys_started = _pool_cpu(pool_pids)
     submitted = time.time()
     study = client.submit(paths, name)
     accepted = time.time()
@@ -66,8 +77,8 @@ def end_to_end(client: Client, paths: list[Path], pool_pid: int | None) -> dict[
     # completion = the last result stored (finished_at, same machine clock).
     final = wait_for(lambda: (s := client.status_by_name(name))["status"] in FINAL and s,
                      timeout=3600, interval=1.0, what="study finished")
-    worker_cpu = (cpu_seconds(pool_pid) - cpu_started) if pool_pid else float("nan")
-    worker_sys = (cpu_split(pool_pid)[1] - sys_started) if pool_pid else float("nan")
+    cpu_ended, sys_ended = _pool_cpu(pool_pids)
+    worker_cpu, worker_sys = cpu_ended - cpu_started, sys_ended - sys_started
     # Fetched only now: serialising a 500-image study while it is processed competes with the
     # worker for the CPU (it made the first chunk of each run ~40 % slower).
     detail = client.study(study["id"])
@@ -137,6 +148,8 @@ def main() -> int:
     django.setup()
     from django.conf import settings
 
+    from backend.config.sizing import torch_threads
+
     checkpoint = args.checkpoint or settings.MODEL_CHECKPOINT_BINARY
     chunk = args.chunk_size or settings.INFERENCE_CHUNK_SIZE
     batch = args.batch_size or settings.INFERENCE_BATCH_SIZE
@@ -146,7 +159,12 @@ def main() -> int:
     big = xray_files(args.n)
     singles = xray_files(args.single, offset=args.n)
 
-    def measure(client: Client, pool_pid: int | None = None) -> dict:
+    # The worker's layout: its pool processes, and the torch threads each gets.
+    processes = settings.CELERY_WORKER_CONCURRENCY
+    threads = int(args.threads) if args.threads else torch_threads(
+        settings.INFERENCE_TORCH_THREADS, processes=processes)
+
+    def measure(client: Client, pool_pids: list[int] | None = None) -> dict:
         # The machine is shared and its speed drifts by +-20 % within minutes: every round
         # puts the end-to-end run between two raw measurements, and the median round counts.
         # Steady state: the worker's first chunk pays one-time costs (allocator growth,
@@ -155,14 +173,29 @@ def main() -> int:
         wait_for(lambda: client.status_by_name("warm-")["status"] in FINAL, timeout=600,
                  interval=0.5, what="warm-up study finished")
         raw = RawModels(checkpoint, big, etiology=etiology, threads=args.threads)
-        raws = [raw.measure(batch)]
+        # With several pool processes, the raw speed of that layout too; the faster of the
+        # two is the reference, so the worker is never compared with the weaker baseline.
+        streams = (RawStreams(processes, threads, checkpoint, big, etiology)
+                   if processes > 1 else None)
+
+        def raw_measure() -> dict[str, Any]:
+            one = raw.measure(batch)
+            one["one_copy_images_per_s"] = one["images_per_s"]
+            one["layout_images_per_s"] = (streams.images_per_s(batch) if streams
+                                          else one["images_per_s"])
+            one["images_per_s"] = max(one["images_per_s"], one["layout_images_per_s"])
+            return one
+
+        raws = [raw_measure()]
         rounds = []
         for _ in range(args.rounds):
-            e2e = end_to_end(client, big, pool_pid)
-            raws.append(raw.measure(batch))
+            e2e = end_to_end(client, big, pool_pids or [])
+            raws.append(raw_measure())
             e2e["raw"] = raw_around(raws[-2], raws[-1])
             e2e["ratio"] = e2e["images_per_s"] / e2e["raw"]["images_per_s"]
             rounds.append(e2e)
+        if streams:
+            streams.close()
         one = single_images(client, singles)
         median = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
         return {"raw": median["raw"], "e2e": median, "rounds": rounds, "single": one}
@@ -175,8 +208,9 @@ def main() -> int:
         worker_env = {"MODEL_CHECKPOINT_ETIOLOGY": etiology or "/nonexistent/etiology.pt"}
         with running_stack(chunk_size=chunk, batch_size=batch, checkpoint=checkpoint,
                            torch_threads=args.threads, extra_env=worker_env) as stack:
-            results = measure(Client(stack.url, stack.token), stack.pool_pid())
+            results = measure(Client(stack.url, stack.token), stack.pool_pids())
     results["config"] = {"chunk_size": chunk, "batch_size": batch, "rounds": args.rounds,
+                         "processes": processes, "threads_per_process": threads,
                          "io_threads": os.environ.get("INFERENCE_IO_THREADS", "auto"),
                          "cpus": os.cpu_count(),
                          "load_avg_1m": os.getloadavg()[0],
@@ -191,13 +225,19 @@ def print_table(r: dict) -> None:
     raw, e2e, one = r["raw"], r["e2e"], r["single"]
     ratio = e2e["images_per_s"] / raw["images_per_s"]
     bar = raw["single_ms"] + 300
+    config = r["config"]
     rows = [
         ("model", f"{raw['model']} ({raw['arch']}, {raw['input_size']} px), "
-                  f"{raw['threads']} threads, batch {r['config']['batch_size']}, "
-                  f"chunk {r['config']['chunk_size']}"),
+                  f"batch {config['batch_size']}, chunk {config['chunk_size']}"),
+        ("worker", f"{config['processes']} pool process(es) x "
+                   f"{config['threads_per_process']} torch thread(s)"),
         ("raw model throughput (forward + CAM [+ etiology])",
          f"{raw['images_per_s']:.1f} img/s (before {raw['images_per_s_before']:.1f}, "
-         f"after {raw['images_per_s_after']:.1f})"),
+         f"after {raw['images_per_s_after']:.1f}), the faster of:"),
+        (f"  one copy of the models, {raw['threads']} threads",
+         f"{raw['one_copy_images_per_s']:.1f} img/s"),
+        (f"  the worker's layout, {config['processes']} x {config['threads_per_process']}",
+         f"{raw['layout_images_per_s']:.1f} img/s"),
         ("raw single-image inference (p50)",
          f"{raw['single_ms']:.1f} ms (before {raw['single_ms_before']:.1f}, "
          f"after {raw['single_ms_after']:.1f})"),
@@ -207,7 +247,7 @@ def print_table(r: dict) -> None:
         ("  every round: end to end / raw around it",
          ", ".join(f"{x['images_per_s']:.1f}/{x['raw']['images_per_s']:.1f} = {x['ratio']:.2f}"
                    for x in r.get("rounds", [e2e]))),
-        ("CPU time per image: raw model / worker pool process",
+        ("CPU time per image: raw model / worker pool processes",
          f"{raw['cpu_ms_per_image']:.2f} / {e2e['worker_cpu_ms_per_image']:.2f} ms "
          f"(model share of the worker's CPU: "
          f"{raw['cpu_ms_per_image'] / e2e['worker_cpu_ms_per_image']:.2f}; kernel "

@@ -175,9 +175,15 @@ def _warm_up(models: Models) -> None:
 
 
 def io_threads_idle(device: torch.device) -> bool:
-    """Whether the pool threads run at idle CPU priority (INFERENCE_IO_PRIORITY)."""
+    """Whether the pool threads run at idle CPU priority (INFERENCE_IO_PRIORITY).
+
+    "auto": only on a CPU worker with a single pool process. With several, the other
+    processes' forward passes keep every core busy, and idle threads starved: a chunk waited
+    up to 0.4 s for its decoding (docs/benchmarks.md).
+    """
     choice = settings.INFERENCE_IO_PRIORITY
-    return choice == "idle" or (choice == "auto" and device.type == "cpu")
+    return choice == "idle" or (choice == "auto" and device.type == "cpu"
+                                and pool_processes() == 1)
 
 
 def _idle_priority() -> None:

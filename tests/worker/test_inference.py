@@ -305,3 +305,6 @@ def test_pool_threads_only_use_cpu_the_forward_pass_leaves_free(
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the forward pass keeps its priority
     # With a GPU the CPU work feeds the device: "auto" keeps normal priority there.
     assert inference.io_threads_idle(torch.device("cuda")) is (choice == "idle")
+    # Beside other pool processes, idle threads would starve: "auto" keeps normal priority.
+    monkeypatch.setattr(inference, "pool_processes", lambda: 2)
+    assert inference.io_threads_idle(torch.device("cpu")) is (choice == "idle")

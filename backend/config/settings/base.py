@@ -236,8 +236,9 @@ INFERENCE_MAX_ATTEMPTS: int = env.int("INFERENCE_MAX_ATTEMPTS", default=5)
 # more only help when reads wait on the network, e.g. S3; on a CPU worker they steal time
 # from the forward pass, docs/benchmarks.md).
 INFERENCE_IO_THREADS: int = env.int("INFERENCE_IO_THREADS", default=0)
-# CPU priority of those threads: "auto" = idle priority on a CPU worker (they only use what
-# the forward pass leaves free), normal with a GPU; or "idle" / "normal".
+# CPU priority of those threads: "auto" = idle priority on a CPU worker with one pool process
+# (they only use what the forward pass leaves free), normal with a GPU or several pool
+# processes (idle threads starve beside the other processes); or "idle" / "normal".
 INFERENCE_IO_PRIORITY: str = env.str("INFERENCE_IO_PRIORITY", default="auto")
 # Pool processes of an inference worker, each with its own copy of the (small) models: its
 # Celery concurrency, unless --concurrency is given. 0 = auto: one per CPU core, at most 4, on
