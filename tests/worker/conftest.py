@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import os
 import shutil
@@ -61,6 +62,7 @@ def tiny_model(settings: Any, tiny_checkpoint: Path) -> Iterator[None]:
     inference._models = None
     yield
     inference._models = None
+    gc.unfreeze()  # load_models froze this test process's objects: give them back to the GC
 
 
 def small_pngs(n: int, size: int = 96, seed: int = 0) -> list[tuple[str, bytes]]:

@@ -43,6 +43,31 @@ def test_chunk_records_one_result_per_image_with_heatmap(
     assert result.inference_ms and result.inference_ms > 0
 
 
+def test_start_up_objects_are_frozen_out_of_the_collector_and_new_garbage_is_collected(
+    tiny_model: None,
+) -> None:
+    import gc
+    import weakref
+
+    from worker import inference
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    inference.load_models()
+    # Django, torch and the models: full collections no longer walk them.
+    assert gc.get_freeze_count() > 10_000
+
+    class Node:
+        cycle: Any
+
+    garbage = Node()
+    garbage.cycle = garbage  # reference cycle: only the collector can free it
+    freed = weakref.ref(garbage)
+    del garbage
+    gc.collect()
+    assert freed() is None
+
+
 def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
     tiny_model: None, api: Any, sent: list[dict], settings: Any,
     monkeypatch: pytest.MonkeyPatch,
