@@ -1,11 +1,13 @@
-"""Worker memory over a long run: RSS of the worker's pool process (where the model, the CAM
-code and the image buffers live) while it classifies 2,000 real X-rays.
+"""Worker memory over a long run: RSS of the worker's pool processes (where the models, the
+CAM code and the image buffers live) while they classify 2,000 real X-rays.
 
     python bench/memory.py [--images 2000] [--study-size 500] [--chunk-size N]
 
 Starts its own stack (see bench/common.py), submits the images as studies of --study-size,
-samples the pool process's RSS every 0.5 s, and prints RSS after the first study (warm), at
-the end, the peak, and the growth per 1,000 images after warm-up. Flat means the growth is
+samples the pool processes' RSS every 0.5 s, and prints the RSS of the largest pool process
+after the first study (warm), at the end, the peak, and its growth per 1,000 images after
+warm-up; also every process's RSS and the pool's total PSS (shared library pages counted
+once, split between the processes: what the pool really costs). Flat means the growth is
 within noise (a few MB), not proportional to the images processed.
 """
 
@@ -26,6 +28,7 @@ from bench.common import (
     FINAL,
     REPO_ROOT,
     Client,
+    pss_mb,
     rss_mb,
     running_stack,
     wait_for,
@@ -54,16 +57,19 @@ def main() -> int:
     samples: list[tuple[float, float, int]] = []
     with running_stack(chunk_size=chunk) as stack:
         client = Client(stack.url, stack.token)
-        pid = stack.pool_pid()
+        pids = stack.pool_pids()
         processed = [0]
         stop = threading.Event()
 
+        def pool_rss() -> float:
+            return max(rss_mb(pid) for pid in pids)
+
         def sample() -> None:
             while not stop.is_set():
-                samples.append((time.monotonic(), rss_mb(pid), processed[0]))
+                samples.append((time.monotonic(), pool_rss(), processed[0]))
                 time.sleep(0.5)
 
-        start_rss = rss_mb(pid)
+        start_rss = pool_rss()
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
         per_study: list[dict] = []
@@ -78,9 +84,11 @@ def main() -> int:
             wait_for(lambda n=name: client.status_by_name(n)["status"] in FINAL, timeout=3600,
                      interval=0.5, what="study finished")
             processed[0] += size
-            per_study.append({"images": processed[0], "rss_mb": rss_mb(pid)})
-            print(f"{processed[0]:5d} images  pool RSS {per_study[-1]['rss_mb']:.1f} MB",
-                  flush=True)
+            per_study.append({"images": processed[0], "rss_mb": pool_rss(),
+                              "rss_each_mb": [round(rss_mb(pid), 1) for pid in pids],
+                              "pss_total_mb": sum(pss_mb(pid) for pid in pids)})
+            print(f"{processed[0]:5d} images  pool RSS {per_study[-1]['rss_each_mb']} MB, "
+                  f"total PSS {per_study[-1]['pss_total_mb']:.1f} MB", flush=True)
         stop.set()
         thread.join()
         elapsed = time.monotonic() - started
@@ -88,12 +96,14 @@ def main() -> int:
     end = per_study[-1]["rss_mb"]
     peak = max(s[1] for s in samples)
     growth = (end - warm) / max(1, (processed[0] - per_study[0]["images"])) * 1000
-    result = {"images": processed[0], "chunk_size": chunk, "rss_start_mb": start_rss,
+    result = {"images": processed[0], "chunk_size": chunk, "pool_processes": len(pids),
+              "rss_start_mb": start_rss,
               "rss_warm_mb": warm, "rss_end_mb": end, "rss_peak_mb": peak,
               "growth_mb_per_1000_images": growth, "per_study": per_study,
               "seconds": elapsed}
-    print(f"\npool process RSS: start {start_rss:.1f} MB, after {per_study[0]['images']} "
-          f"images {warm:.1f} MB, after {processed[0]} images {end:.1f} MB, peak {peak:.1f} MB;"
+    print(f"\n{len(pids)} pool process(es), the largest one's RSS: start {start_rss:.1f} MB, "
+          f"after {per_study[0]['images']} images {warm:.1f} MB, "
+          f"after {processed[0]} images {end:.1f} MB, peak {peak:.1f} MB;"
           f" growth after warm-up {growth:+.1f} MB per 1,000 images ({elapsed:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
