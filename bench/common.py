@@ -82,6 +82,7 @@ class Client:
 
     def __init__(self, base_url: str, token: str) -> None:
         self.base = base_url.rstrip("/")
+        self.token = token
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {token}"
 

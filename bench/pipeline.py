@@ -17,7 +17,8 @@ INFERENCE_BATCH_SIZE; a task of INFERENCE_CHUNK_SIZE images runs as a pipeline o
   the study being stored, its `created_at`, to the last result stored); per-image latency =
   its result stored - study stored; the same including the upload itself. Each of
   --rounds runs sits between two raw measurements (the machine's speed drifts); the
-  median round is reported. A warm-up study of one chunk runs first;
+  median round is reported. Warm-up studies of one chunk run first, sent at once so that
+  every web process and every pool process takes one;
 * single-image studies, one after the other: POST -> result visible through the API (p50, p95).
 """
 
@@ -29,6 +30,7 @@ import os
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -167,11 +169,19 @@ def main() -> int:
     def measure(client: Client, pool_pids: list[int] | None = None) -> dict:
         # The machine is shared and its speed drifts by +-20 % within minutes: every round
         # puts the end-to-end run between two raw measurements, and the median round counts.
-        # Steady state: the worker's first chunk pays one-time costs (allocator growth,
-        # PostgreSQL caches); a warm-up study of one chunk takes them.
-        client.submit(xray_files(chunk, offset=args.n + args.single), f"warm-{uuid.uuid4()}")
-        wait_for(lambda: client.status_by_name("warm-")["status"] in FINAL, timeout=600,
-                 interval=0.5, what="warm-up study finished")
+        # Steady state: the first chunk of each pool process pays one-time costs (allocator
+        # growth, PostgreSQL caches), and so does the first upload of each web process
+        # (importing Celery, connecting to Redis: 0.2-0.4 s between the study being stored
+        # and its chunks being sent, against ~0.05 s warm). Warm-up studies of one chunk, sent
+        # at once so that every gunicorn process and every pool process takes one, pay them.
+        warm_files = xray_files(chunk, offset=args.n + args.single)
+        names = [f"warm-{uuid.uuid4().hex[:8]}" for _ in range(max(2, processes))]
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda name: Client(client.base, client.token).submit(warm_files, name),
+                          names))
+        for name in names:
+            wait_for(lambda n=name: client.status_by_name(n)["status"] in FINAL, timeout=600,
+                     interval=0.5, what="warm-up study finished")
         raw = RawModels(checkpoint, big, etiology=etiology, threads=args.threads)
         # With several pool processes, the raw speed of that layout too; the faster of the
         # two is the reference, so the worker is never compared with the weaker baseline.
