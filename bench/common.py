@@ -215,9 +215,6 @@ class Stack:
         children = Path(f"/proc/{self.worker.pid}/task/{self.worker.pid}/children")
         return [int(p) for p in children.read_text().split()]
 
-    def pool_pid(self) -> int:
-        return self.pool_pids()[0]
-
     def stop(self) -> None:
         for process in reversed(self.processes):
             with contextlib.suppress(ProcessLookupError):
