@@ -13,6 +13,14 @@ MAX_AUTO_PROCESSES = 4
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def gpu_present(gpus: Path = NVIDIA_GPUS) -> bool:
     try:
         return any(gpus.iterdir())
@@ -27,11 +35,11 @@ def inference_processes(configured: int, *, device: str, cores: int | None = Non
         return configured
     if device == "cuda" or (device == "auto" and gpu_present(gpus)):
         return 1
-    return max(1, min(MAX_AUTO_PROCESSES, cores or os.cpu_count() or 1))
+    return max(1, min(MAX_AUTO_PROCESSES, cores or usable_cores()))
 
 
 def torch_threads(configured: int, *, processes: int, cores: int | None = None) -> int:
     """`configured` when set; else the cores shared out between the pool processes."""
     if configured > 0:
         return configured
-    return max(1, (cores or os.cpu_count() or 1) // max(1, processes))
+    return max(1, (cores or usable_cores()) // max(1, processes))

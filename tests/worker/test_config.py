@@ -166,6 +166,22 @@ def test_inference_pool_size_follows_the_machine(tmp_path: Any) -> None:
     assert inference_processes(3, device="auto", cores=16, gpus=gpus) == 3  # as configured
 
 
+def test_pool_is_sized_by_the_cores_this_process_may_run_on(tmp_path: Any) -> None:
+    import os
+
+    from backend.config.sizing import inference_processes, torch_threads, usable_cores
+
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # as in a container limited to one CPU
+    try:
+        assert usable_cores() == 1
+        assert inference_processes(0, device="cpu", gpus=tmp_path / "none") == 1
+        assert torch_threads(0, processes=1) == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert usable_cores() == len(allowed)
+
+
 def test_effective_worker_concurrency_is_the_inference_pool_size() -> None:
     from django.conf import settings
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from backend.config.sizing import usable_cores
 from tests.conftest import wait_for
 from tests.worker.conftest import (
     launch_worker,
@@ -97,7 +97,7 @@ def test_cpu_worker_pool_shares_the_cores_between_its_processes(
     loads = re.findall(r"Loaded tiny-test .* \((\d+) threads\) in process (\d+)", log.read_text())
     pids = {int(pid) for _, pid in loads}
     assert len(pids) == 2 and worker.pid not in pids  # two pool processes, one model each
-    assert {int(threads) for threads, _ in loads} == {max(1, (os.cpu_count() or 1) // 2)}
+    assert {int(threads) for threads, _ in loads} == {max(1, usable_cores() // 2)}
 
 
 def test_model_is_loaded_once_in_the_pool_process_not_the_parent(
