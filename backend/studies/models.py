@@ -97,7 +97,12 @@ class Image(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["study", "sha256"], name="unique_image_per_study")
         ]
-        indexes = [models.Index(fields=["status", "started_at"])]
+        indexes = [
+            models.Index(fields=["status", "started_at"]),
+            # Search by DICOM accession number reads only the (few) DICOM images' entries.
+            models.Index(fields=["study"], condition=~models.Q(dicom_accession_number=""),
+                         name="image_dicom_accession_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.original_name} ({self.status})"
