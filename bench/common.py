@@ -381,18 +381,11 @@ def running_stack(**kwargs: Any) -> Iterator[Stack]:
         stack.stop()
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole machine so far, all cores together (/proc/stat)."""
+def machine_busy_cpu() -> float:
+    """Busy CPU seconds of the whole machine so far, all cores together (/proc/stat)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields[:8]) - idle) / tick, idle / tick
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_split(pid: int) -> tuple[float, float]:

@@ -43,9 +43,8 @@ from bench.common import (
     Client,
     RawModels,
     RawStreams,
-    cpu_seconds,
     cpu_split,
-    machine_cpu,
+    machine_busy_cpu,
     percentile,
     running_stack,
     wait_for,
@@ -67,13 +66,14 @@ def _pool_cpu(pids: list[int]) -> tuple[float, float]:
     """(user + system, system) CPU seconds of the worker's pool processes so far."""
     if not pids:
         return float("nan"), float("nan")
-    return sum(cpu_seconds(p) for p in pids), sum(cpu_split(p)[1] for p in pids)
+    splits = [cpu_split(p) for p in pids]
+    return sum(user + system for user, system in splits), sum(system for _, system in splits)
 
 
 def end_to_end(client: Client, paths: list[Path], pool_pids: list[int]) -> dict[str, float]:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     cpu_started, sys_started = _pool_cpu(pool_pids)
-    machine_started = machine_cpu()
+    machine_started = machine_busy_cpu()
     submitted = time.time()
     study = client.submit(paths, name)
     accepted = time.time()
@@ -82,7 +82,7 @@ def end_to_end(client: Client, paths: list[Path], pool_pids: list[int]) -> dict[
     final = wait_for(lambda: (s := client.status_by_name(name))["status"] in FINAL and s,
                      timeout=3600, interval=1.0, what="study finished")
     cpu_ended, sys_ended = _pool_cpu(pool_pids)
-    busy = machine_cpu()[0] - machine_started[0]
+    busy = machine_busy_cpu() - machine_started
     worker_cpu, worker_sys = cpu_ended - cpu_started, sys_ended - sys_started
     # Fetched only now: serialising a 500-image study while it is processed competes with the
     # worker for the CPU (it made the first chunk of each run ~40 % slower).

@@ -12,9 +12,10 @@ A chunk (one task, `INFERENCE_CHUNK_SIZE` images) is processed in batches of
    heatmaps together (plain CAM from the same features; see ml/cam.py), then the etiology
    model's pass; on CUDA with mixed precision and pinned memory when the worker has a GPU,
    otherwise on the CPU;
-4. each heatmap is written to storage as a small compressed PNG on the thread pool while the
-   etiology pass and the next batch run (`ml.cam.heatmap_png`: ~4 kB, ~0.3 ms; the viewer
-   lays it over the radiograph);
+4. the batch's heatmaps are resized in one operation (`ml.cam.heatmap_levels`), then each is
+   encoded as a small palette PNG (`ml.cam.levels_png`: ~4 kB, ~0.2 ms) and written to storage
+   on the thread pool while the etiology pass and the next batch run (the viewer lays it over
+   the radiograph);
 5. all results and failures of the chunk are written in one transaction
    (`results_record_many`): a chunk's results appear together, and a task that dies before
    this point leaves nothing half-written.
