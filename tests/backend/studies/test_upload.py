@@ -85,3 +85,25 @@ def test_other_hospital_gets_404_for_study_and_files(
     assert other_api.get(f"/api/studies/{study_id}/").status_code == 404
     assert other_api.get(f"/api/images/{image_id}/file/").status_code == 404
     assert other_api.get("/api/studies/").json()["count"] == 0
+
+
+def test_upload_response_queries_do_not_grow_with_the_number_of_files(
+    api: Any, kermany_images: dict[str, list[Path]]
+) -> None:
+    """The response lists every accepted image; it must not query once per image (a 500-file
+    upload made 500 queries after its commit, while the workers had already started)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for(paths: list[Path]) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            response = api.post("/api/studies/", {"files": [real(p) for p in paths]},
+                                format="multipart")
+        assert response.status_code == 201, response.content
+        assert len(response.json()["accepted"]) == len(paths)
+        assert all(a["result"] is None and a["heatmap_url"] is None
+                   for a in response.json()["accepted"])
+        return len(captured.captured_queries)
+
+    normal = kermany_images["normal"]
+    assert queries_for(normal[:8]) == queries_for(normal[8:10])
