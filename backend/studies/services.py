@@ -221,11 +221,25 @@ def inference_send(*, app: Any, image_ids: list[str], priority: int) -> int:
     The time limits are left out of the message on purpose: the worker's own configuration
     applies, not whatever the sending process happens to have configured.
     """
-    size = settings.INFERENCE_CHUNK_SIZE
-    for i in range(0, len(image_ids), size):
-        app.send_task(INFER_TASK, args=[image_ids[i:i + size]], queue="inference",
+    chunks = chunk_split(image_ids, max_size=settings.INFERENCE_CHUNK_SIZE)
+    for chunk in chunks:
+        app.send_task(INFER_TASK, args=[chunk], queue="inference",
                       priority=priority, time_limit=None, soft_time_limit=None)
-    return (len(image_ids) + size - 1) // size
+    return len(chunks)
+
+
+def chunk_split(items: Sequence[str], *, max_size: int) -> list[list[str]]:
+    """As few chunks as `max_size` allows, of equal sizes (within one).
+
+    Equal chunks finish together on the pool processes that share them: 500 images in chunks
+    of at most 128 are 4 x 125, not 3 x 128 + 116, whose short last chunk left one process
+    idle while the others finished.
+    """
+    if not items:
+        return []
+    count = -(-len(items) // max(1, max_size))
+    bounds = [len(items) * k // count for k in range(count + 1)]
+    return [list(items[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def derive_study_status(counts: dict[str, int], total: int) -> str:
