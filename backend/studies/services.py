@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 from uuid import UUID
 
@@ -239,7 +240,7 @@ def chunk_split(items: Sequence[str], *, max_size: int) -> list[list[str]]:
         return []
     count = -(-len(items) // max(1, max_size))
     bounds = [len(items) * k // count for k in range(count + 1)]
-    return [list(items[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [list(items[a:b]) for a, b in pairwise(bounds)]
 
 
 def derive_study_status(counts: dict[str, int], total: int) -> str:
