@@ -8,7 +8,9 @@ Stores one study of `--images` real X-rays in the PostgreSQL database of bench/p
 (no web server, no Celery), then repeats: raw models on the same images, `run_chunk` on the
 whole study, raw again. Each configuration (comma-separated setting=value overrides) runs in
 turn within every repetition, so the machine's drift hits them all alike; the table gives the
-median of chunk throughput / raw throughput around it. Faster to iterate on than the full
+median of chunk throughput / raw throughput around it, and of raw CPU / chunk CPU per image
+(what counts on a worker whose pool processes keep every core busy; run with
+INFERENCE_TORCH_THREADS=1 to see one such process). Faster to iterate on than the full
 pipeline bench, and free of web, broker and polling noise.
 """
 
@@ -57,18 +59,20 @@ def main() -> int:
     etiology = settings.MODEL_CHECKPOINT_ETIOLOGY if models.etiology is not None else None
     raw_models = RawModels(settings.MODEL_CHECKPOINT_BINARY, paths, etiology=etiology)
 
-    def raw() -> float:
-        return raw_models.pass_seconds(settings.INFERENCE_BATCH_SIZE)[0]
+    def raw() -> tuple[float, float]:
+        return raw_models.pass_seconds(settings.INFERENCE_BATCH_SIZE)
 
-    def chunk() -> float:
+    def chunk() -> tuple[float, float]:
         _requeue(image_ids)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         report = inference.run_chunk(image_ids)
         assert report.done == len(image_ids), report
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu_started
 
     raw()
     ratios: dict[str, list[float]] = {}
+    # CPU: on a worker whose pool processes fill every core, throughput follows CPU per image.
+    cpu_ratios: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for config in args.configs:
             overrides = _overrides(config)
@@ -77,15 +81,19 @@ def main() -> int:
                 setattr(settings, key, value)
             inference._executor = None  # thread count and priority apply to a new pool
             before, took, after = raw(), chunk(), raw()
-            ratios.setdefault(config, []).append((before + after) / 2 / took)
+            ratios.setdefault(config, []).append((before[0] + after[0]) / 2 / took[0])
+            cpu_ratios.setdefault(config, []).append((before[1] + after[1]) / 2 / took[1])
             for key, value in saved.items():
                 setattr(settings, key, value)
             inference._executor = None
     width = max(len(c) for c in args.configs)
-    print(f"\n{'configuration'.ljust(width)}  median chunk/raw  every repetition")
+    print(f"\n{'configuration'.ljust(width)}  median chunk/raw  raw CPU/chunk CPU"
+          "  every repetition (wall; CPU)")
     for config, values in ratios.items():
+        cpu = cpu_ratios[config]
         print(f"{config.ljust(width)}  {statistics.median(values):16.2f}  "
-              + " ".join(f"{v:.2f}" for v in values))
+              f"{statistics.median(cpu):17.2f}  " + " ".join(f"{v:.2f}" for v in values)
+              + "; " + " ".join(f"{v:.2f}" for v in cpu))
     return 0
 
 

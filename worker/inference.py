@@ -7,7 +7,8 @@ A chunk (one task, `INFERENCE_CHUNK_SIZE` images) is processed in batches of
    are skipped;
 2. read + decode + preprocess on a thread pool, one batch ahead of the model: while batch k is
    in the forward pass, batch k+1 is being decoded (storage reads, Pillow/pydicom and torch
-   resizing release the GIL); a corrupt image fails alone, with the decoder's reason;
+   resizing release the GIL); DICOM and full-size uploads are read from the small working
+   copy made when they were uploaded; a corrupt image fails alone, with the decoder's reason;
 3. per batch, one forward pass of the binary model that yields the probabilities and the CAM
    heatmaps together (plain CAM from the same features; see ml/cam.py), then the etiology
    model's pass; on CUDA with mixed precision and pinned memory when the worker has a GPU,
@@ -50,7 +51,7 @@ from backend.studies.models import Image, Result
 from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
 from ml.predictor import Prediction, Predictor
-from ml.preprocess import ImageDecodeError, decode_image, preprocess
+from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image, preprocess
 
 from .signals import pool_processes
 
@@ -65,6 +66,10 @@ class Models:
     etiology: Predictor | None
     device: torch.device
     pid: int
+
+    @property
+    def max_input_size(self) -> int:
+        return max(p.input_size for p in (self.binary, self.etiology) if p is not None)
 
 
 @dataclass(frozen=True)
@@ -242,12 +247,27 @@ class _Prepared:
     etiology_x: torch.Tensor | None
 
 
+def _read_pixels(image: Image, models: Models) -> np.ndarray:
+    """The image's pixels: from its working copy when it has one that serves the models.
+
+    The copy was decoded from the original at upload; a DICOM or full-size radiograph then
+    costs ~1 ms here instead of 20-700 ms. An unreadable copy falls back to the original.
+    """
+    if image.working_file and models.max_input_size <= WORKING_COPY_SIDE:
+        try:
+            with image.working_file.open("rb") as handle:
+                return decode_image(handle.read()).pixels
+        except (ImageDecodeError, FileNotFoundError) as exc:
+            logger.warning("Working copy of image %s unreadable (%s); reading the original",
+                           image.id, exc)
+    with image.file.open("rb") as handle:
+        return decode_image(handle.read()).pixels
+
+
 def _prepare(image: Image, models: Models) -> _Prepared | str:
     """Read, decode and preprocess one image; a string is the reason it cannot be read."""
     try:
-        with image.file.open("rb") as handle:
-            data = handle.read()
-        pixels = decode_image(data).pixels
+        pixels = _read_pixels(image, models)
     except ImageDecodeError as exc:
         return f"Could not read the image: {exc}"
     except FileNotFoundError:

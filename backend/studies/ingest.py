@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from ml.preprocess import ImageDecodeError, decode_image
+from ml.preprocess import ImageDecodeError, decode_image, needs_working_copy, working_copy_jpeg
 
 # DICOM keyword -> Image model field; nothing else from the header is kept.
 DICOM_FIELDS = {
@@ -53,6 +53,7 @@ class InspectedFile:
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     size: int = 0
+    working_copy: bytes = b""  # ml.preprocess.working_copy_jpeg, when the original is costly
 
     def __post_init__(self) -> None:
         if self.data and not self.size:
@@ -124,7 +125,8 @@ def is_zip(name: str, head: bytes) -> bool:
     return head.startswith(ZIP_MAGIC)
 
 
-def inspect_file(name: str, data: bytes, *, max_bytes: int) -> InspectedFile | Rejection:
+def inspect_file(name: str, data: bytes, *, max_bytes: int,
+                 working_copies: bool = True) -> InspectedFile | Rejection:
     if not data:
         return Rejection(name, "The file is empty.")
     if len(data) > max_bytes:
@@ -144,6 +146,11 @@ def inspect_file(name: str, data: bytes, *, max_bytes: int) -> InspectedFile | R
     }
     height, width = decoded.pixels.shape[:2]
     note = name_note(name, decoded.format)
+    # Decoded here anyway (to validate): the workers get a small copy instead of decoding the
+    # original once more.
+    working_copy = (working_copy_jpeg(decoded.pixels)
+                    if working_copies and needs_working_copy(decoded.format, height, width)
+                    else b"")
     return InspectedFile(
         name=name,
         data=data,
@@ -154,6 +161,7 @@ def inspect_file(name: str, data: bytes, *, max_bytes: int) -> InspectedFile | R
         fields=fields,
         flags=population_flags(fields, fmt=decoded.format),
         notes=[note] if note else [],
+        working_copy=working_copy,
     )
 
 

@@ -15,6 +15,10 @@ def _image_path(instance: Image, filename: str) -> str:
     return f"studies/{instance.study_id}/images/{uuid.uuid4().hex}"
 
 
+def _working_copy_path(instance: Image, filename: str) -> str:
+    return f"studies/{instance.study_id}/working/{uuid.uuid4().hex}.jpg"
+
+
 def _heatmap_path(instance: Result, filename: str) -> str:
     return f"studies/{instance.image.study_id}/heatmaps/{instance.image_id}-{filename}"
 
@@ -66,6 +70,10 @@ class Image(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
     file = models.FileField(upload_to=_image_path, max_length=300)
+    # A small model-ready copy made at upload from the pixels decoded there, so that workers
+    # never decode a large original again (ml.preprocess.needs_working_copy); empty when
+    # reading the original is cheap. The original stays the image of record.
+    working_file = models.FileField(upload_to=_working_copy_path, max_length=300, blank=True)
     original_name = models.CharField(max_length=500)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField()

@@ -76,10 +76,14 @@ def _candidates(uploads: Iterable[UploadedFile]) -> Iterator[tuple[str, bytes] |
 
 
 def _inspect_and_store(
-    uploads: Iterable[UploadedFile], *, study_id: UUID
-) -> tuple[list[tuple[InspectedFile, str]], list[Rejection]]:
-    """Decode every candidate and store each valid one at once, so memory holds one file."""
-    accepted: list[tuple[InspectedFile, str]] = []
+    uploads: Iterable[UploadedFile], *, study_id: UUID, stored: list[StoredFiles]
+) -> tuple[list[tuple[InspectedFile, StoredFiles]], list[Rejection]]:
+    """Decode every candidate and store each valid one at once, so memory holds one file.
+
+    Every file written is appended to `stored` at once, so the caller can remove them all if
+    a later one fails.
+    """
+    accepted: list[tuple[InspectedFile, StoredFiles]] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
     for candidate in _candidates(uploads):
@@ -91,7 +95,8 @@ def _inspect_and_store(
             rejected.append(Rejection(name, "A study holds at most "
                                             f"{settings.MAX_FILES_PER_STUDY} files."))
             continue
-        outcome = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES)
+        outcome = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
+                               working_copies=settings.WORKING_COPIES)
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
         elif outcome.sha256 in seen:
@@ -100,16 +105,33 @@ def _inspect_and_store(
         else:
             seen.add(outcome.sha256)
             # Random names: the uploaded name is user input and is kept only as metadata.
-            stored = default_storage.save(
-                f"studies/{study_id}/images/{uuid.uuid4().hex}", ContentFile(outcome.data)
-            )
-            accepted.append((_without_data(outcome), stored))
+            files = StoredFiles(original=default_storage.save(
+                f"studies/{study_id}/images/{uuid.uuid4().hex}", ContentFile(outcome.data)))
+            stored.append(files)
+            if outcome.working_copy:
+                files.working = default_storage.save(
+                    f"studies/{study_id}/working/{uuid.uuid4().hex}.jpg",
+                    ContentFile(outcome.working_copy))
+            accepted.append((_without_data(outcome), files))
     return accepted, rejected
+
+
+@dataclass
+class StoredFiles:
+    """Storage names of one accepted upload: the original and its working copy, if any."""
+
+    original: str
+    working: str = ""
+
+    def delete(self) -> None:
+        for name in (self.original, self.working):
+            if name:
+                default_storage.delete(name)
 
 
 def _without_data(item: InspectedFile) -> InspectedFile:
     """The inspection minus the file bytes (already stored), so they can be freed."""
-    return replace(item, data=b"", size=len(item.data))
+    return replace(item, data=b"", working_copy=b"", size=len(item.data))
 
 
 def study_create(
@@ -131,10 +153,9 @@ def study_create(
                                      f"files; {len(uploads)} were sent.")],
         )
     study_id = uuid.uuid4()
-    stored: list[str] = []
+    stored: list[StoredFiles] = []
     try:
-        inspected, rejected = _inspect_and_store(uploads, study_id=study_id)
-        stored = [path for _, path in inspected]
+        inspected, rejected = _inspect_and_store(uploads, study_id=study_id, stored=stored)
         if not inspected:
             return StudyCreateOutcome(study=None, rejected=rejected)
         with transaction.atomic():
@@ -144,17 +165,18 @@ def study_create(
             )
             images = Image.objects.bulk_create([
                 Image(
-                    study=study, file=path, original_name=item.name[:500], sha256=item.sha256,
+                    study=study, file=files.original, working_file=files.working,
+                    original_name=item.name[:500], sha256=item.sha256,
                     size_bytes=item.size, format=item.format,
                     width=item.width, height=item.height, flags=item.flags, notes=item.notes,
                     **item.fields,
                 )
-                for item, path in inspected
+                for item, files in inspected
             ])
             transaction.on_commit(lambda: study_enqueue(study_id=study_id))
     except BaseException:
-        for path in stored:
-            default_storage.delete(path)
+        for files in stored:
+            files.delete()
         raise
     return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
 

@@ -41,6 +41,9 @@ MODEL_CHECKPOINT_ETIOLOGY: str = env.str(
 )
 MAX_UPLOAD_FILE_BYTES: int = env.int("MAX_UPLOAD_FILE_BYTES", default=64 * 1024 * 1024)
 MAX_FILES_PER_STUDY: int = env.int("MAX_FILES_PER_STUDY", default=1000)
+# Store a small model-ready copy of DICOM and large uploads, decoded once at upload, so that
+# workers do not decode the original again (docs/benchmarks.md: full-size radiographs).
+WORKING_COPIES: bool = env.bool("WORKING_COPIES", default=True)
 # One upload request as a whole (checked from Content-Length before the body is read).
 MAX_UPLOAD_REQUEST_BYTES: int = env.int("MAX_UPLOAD_REQUEST_BYTES", default=4 * 1024**3)
 # ZIP archives in an upload: caps on what one archive may expand to (see docs/api.md).
