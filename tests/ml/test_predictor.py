@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,40 @@ def test_optimised_outputs_that_differ_are_not_used(
 
     monkeypatch.setattr(torch.jit, "optimize_for_inference", wrong)
     assert Predictor.from_checkpoint(binary_ckpt, device="cpu", optimize=True).runner is None
+
+
+def _full_size_radiographs(val_sample: list) -> list[np.ndarray]:
+    """Validation X-rays enlarged to a full-size radiograph's 1800 x 1500 and saved as JPEGs."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for record in val_sample[::4]:
+        big = Image.open(record.path).convert("L").resize((1800, 1500), Image.BICUBIC)
+        buf = io.BytesIO()
+        big.save(buf, format="JPEG", quality=92)
+        out.append(decode_image(buf.getvalue()).pixels)
+    return out
+
+
+@pytest.mark.parametrize("task", ["binary", "etiology"])
+def test_working_copy_gives_the_predictions_of_the_full_original(
+    task: str, binary_ckpt: Path, etiology_ckpt: Path, dicom_dir: Path, val_sample: list
+) -> None:
+    """The worker reads DICOM and full-size uploads from their working copy: same labels,
+    probabilities within 0.02, for the real DICOMs and for full-size JPEGs."""
+    from ml.preprocess import preprocess, working_copy_jpeg
+
+    model = Predictor.from_checkpoint(binary_ckpt if task == "binary" else etiology_ckpt)
+    originals = _full_size_radiographs(val_sample)
+    for path in sorted(dicom_dir.glob("*.dcm")):
+        with contextlib.suppress(ImageDecodeError):
+            originals.append(decode_image(path.read_bytes()).pixels)
+    assert len(originals) == 10 + 9
+    copies = [decode_image(working_copy_jpeg(px)).pixels for px in originals]
+    full = model.predict_tensors(torch.stack([preprocess(px, model.spec) for px in originals]))
+    worked = model.predict_tensors(torch.stack([preprocess(px, model.spec) for px in copies]))
+    for a, b in zip(full, worked, strict=True):
+        assert a.label == b.label
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 0.02

@@ -16,12 +16,15 @@ from PIL import Image
 from ml.preprocess import (
     DICOM_METADATA_KEYS,
     MAX_PIXELS,
+    WORKING_COPY_SIDE,
     ImageDecodeError,
     decode_image,
+    needs_working_copy,
     preprocess,
     resize_pixels,
     sniff_format,
     to_model_tensor,
+    working_copy_jpeg,
 )
 
 DICOM_FILES = [
@@ -38,6 +41,7 @@ DICOM_FILES = [
 ]
 UNDECODABLE = {"cr-hip-jpeg-extended-undecodable.dcm"}
 SPEC = {"input_size": 64, "mean": [0.5], "std": [0.25], "channels": 1}
+SPEC192 = {"input_size": 192, "mean": [0.5], "std": [0.25], "channels": 1}
 
 
 def _bytes(img: Image.Image, fmt: str) -> bytes:
@@ -307,3 +311,61 @@ def test_preprocess_equals_decode_then_tensor(kermany_dir: Path) -> None:
     a = preprocess(f, SPEC)
     b = to_model_tensor(decode_image(f.read_bytes()).pixels, 64, [0.5], [0.25])
     assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------
+# Working copies (decoded once at upload, read by the workers)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fmt", "shape", "needed"), [
+    ("dicom", (440, 440), True),      # pydicom is slow at any size
+    ("jpeg", (224, 224), False),      # the Kermany JPEGs: cheap to decode again
+    ("png", (1024, 1024), False),     # not over twice the working side
+    ("jpeg", (1025, 2000), True),
+    ("png", (1600, 2000), True),
+])
+def test_working_copy_only_where_decoding_the_original_costs_more(
+    fmt: str, shape: tuple[int, int], needed: bool
+) -> None:
+    assert needs_working_copy(fmt, *shape) is needed
+
+
+def test_working_copy_keeps_the_aspect_with_the_working_side_on_the_shorter_side() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.random((1500, 1800), dtype=np.float32)
+    copy = decode_image(working_copy_jpeg(big))
+    assert copy.format == "jpeg"
+    assert copy.pixels.shape == (WORKING_COPY_SIDE, round(1800 * WORKING_COPY_SIDE / 1500))
+    small = rng.random((300, 200), dtype=np.float32)
+    assert decode_image(working_copy_jpeg(small)).pixels.shape == (300, 200)  # never enlarged
+
+
+def test_working_copy_is_within_about_a_grey_level_of_the_pixels_it_was_made_from(
+    kermany_dir: Path,
+) -> None:
+    f = sorted((kermany_dir / "NORMAL").glob("*.jpeg"))[3]
+    pixels = decode_image(f.read_bytes()).pixels  # 224 px: kept at its size, only re-encoded
+    copy = decode_image(working_copy_jpeg(pixels)).pixels
+    diff = np.abs(copy - pixels)
+    assert float(diff.mean()) < 1.5 / 255
+    assert float(np.percentile(diff, 99)) < 6 / 255
+
+
+def test_model_input_from_the_working_copy_matches_the_original_for_real_dicoms(
+    dicom_dir: Path,
+) -> None:
+    """What the worker feeds the model from the copy against what the full original gives."""
+    checked = 0
+    for path in sorted(dicom_dir.glob("*.dcm")):
+        try:
+            pixels = decode_image(path.read_bytes()).pixels
+        except ImageDecodeError:
+            continue  # the undecodable one is rejected at upload and gets no copy
+        copy = decode_image(working_copy_jpeg(pixels)).pixels
+        assert min(copy.shape) == min(WORKING_COPY_SIDE, *pixels.shape)
+        a, b = preprocess(pixels, SPEC192), preprocess(copy, SPEC192)
+        # In normalised units (std 0.25): a mean difference of a few thousandths.
+        assert float((a - b).abs().mean()) < 0.01, path.name
+        checked += 1
+    assert checked == 9

@@ -207,6 +207,55 @@ def test_corrupt_image_fails_alone_with_a_reason(
     assert study_state(study["id"])["status"] == "done_with_errors"
 
 
+def _dicom_study(api: Any) -> tuple[dict, Any]:
+    from backend.studies.models import Image
+    from tests.conftest import DICOM_DIR
+
+    path = DICOM_DIR / "cr-chest-pa-monochrome1-j2k-lossy.dcm"
+    if not path.is_file():
+        pytest.skip(f"DICOM test file not found: {path}")
+    study = upload_files(api, [(path.name, path.read_bytes())])
+    image = Image.objects.get(study_id=study["id"])
+    assert image.working_file  # made at upload
+    return study, image
+
+
+def test_dicom_is_read_from_its_working_copy(
+    tiny_model: None, api: Any, sent: list[dict]
+) -> None:
+    from worker.inference import run_chunk
+
+    study, image = _dicom_study(api)
+    image.file.storage.delete(image.file.name)  # only the working copy can answer now
+    report = run_chunk([str(image.id)])
+    assert (report.done, report.failed) == (1, 0)
+    assert study_state(study["id"])["status"] == "done"
+
+
+def test_unreadable_working_copy_falls_back_to_the_original(
+    tiny_model: None, api: Any, sent: list[dict]
+) -> None:
+    from worker.inference import run_chunk
+
+    _, image = _dicom_study(api)
+    with image.working_file.storage.open(image.working_file.name, "wb") as fh:
+        fh.write(b"\xff\xd8\xff" + b"\x00" * 32)  # a truncated JPEG
+    assert run_chunk([str(image.id)]).done == 1
+
+
+def test_model_larger_than_the_working_copy_reads_the_original(
+    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import inference
+
+    _, image = _dicom_study(api)
+    monkeypatch.setattr(inference, "WORKING_COPY_SIDE", 32)  # below the model's 64 px input
+    image.file.storage.delete(image.file.name)
+    assert inference.run_chunk([str(image.id)]).failed == 1
+    image.refresh_from_db()
+    assert image.error == "Could not read the image: the stored file is missing."
+
+
 def test_image_claimed_too_often_is_failed_not_looped(
     tiny_model: None, api: Any, sent: list[dict], settings: Any
 ) -> None:

@@ -85,7 +85,7 @@ def test_only_the_allow_listed_dicom_attributes_are_stored(
     dicom_columns = {f.name for f in Image._meta.get_fields()} - {
         "id", "study", "file", "original_name", "sha256", "size_bytes", "format", "width",
         "height", "status", "error", "attempts", "flags", "notes", "created_at", "started_at",
-        "finished_at", "result",
+        "finished_at", "result", "working_file",
     }
     assert dicom_columns == {"study_instance_uid", "sop_instance_uid", "dicom_accession_number",
                              "view_position", "modality", "body_part", "patient_age",
@@ -146,3 +146,63 @@ def test_population_flags(fields: dict[str, str], flags: list[str]) -> None:
 def test_dicom_without_body_part_is_flagged_but_a_plain_jpeg_is_not() -> None:
     assert population_flags({}, fmt="dicom") == ["body_part_unknown"]
     assert population_flags({}, fmt="jpeg") == []
+
+
+J2K = "cr-chest-pa-monochrome1-j2k-lossy.dcm"
+
+
+def test_dicom_upload_stores_a_small_working_copy_without_dicom_attributes(
+    api: Any, dicom_files: list[Path]
+) -> None:
+    from ml.preprocess import WORKING_COPY_SIDE, decode_image
+
+    upload(api, [p for p in dicom_files if p.name == J2K])
+    image = Image.objects.get(original_name=J2K)
+    assert image.working_file.name.startswith(f"studies/{image.study_id}/working/")
+    with image.working_file.open("rb") as handle:
+        data = handle.read()
+    copy = decode_image(data)
+    assert copy.format == "jpeg" and min(copy.pixels.shape) == WORKING_COPY_SIDE
+    assert copy.pixels.shape[0] / copy.pixels.shape[1] == pytest.approx(1955 / 1841, rel=0.01)
+    # Pixels only: none of the DICOM's identifiers travel into the copy.
+    assert b"DICM" not in data and image.sop_instance_uid.encode() not in data
+    with image.file.open("rb") as handle:  # the original is kept as it came
+        assert handle.read()[128:132] == b"DICM"
+
+
+def test_small_jpeg_gets_no_working_copy_and_copies_can_be_turned_off(
+    api: Any, dicom_files: list[Path], settings: Any, kermany_images: dict[str, list[Path]]
+) -> None:
+    upload(api, [kermany_images["normal"][0]])
+    assert not Image.objects.get(original_name=kermany_images["normal"][0].name).working_file
+    settings.WORKING_COPIES = False
+    upload(api, [p for p in dicom_files if p.name == J2K])
+    assert not Image.objects.get(original_name=J2K).working_file
+
+
+def test_storage_failure_on_a_working_copy_leaves_no_file_and_no_study(
+    user: Any, dicom_files: list[Path], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from backend.studies import services
+    from backend.studies.models import Study
+
+    real_save = default_storage.save
+    saved: list[str] = []
+
+    def save(name: str, content: Any, **kwargs: Any) -> str:
+        if "/working/" in name and any("/working/" in n for n in saved):  # the second: full
+            raise OSError(28, "No space left on device")
+        stored = real_save(name, content, **kwargs)
+        saved.append(stored)
+        return stored
+
+    monkeypatch.setattr(default_storage, "save", save)
+    uploads = [SimpleUploadedFile(p.name, p.read_bytes()) for p in dicom_files
+               if p.name in (J2K, "cr-hip-monochrome2-rle.dcm")]
+    with pytest.raises(OSError, match="No space left"):
+        services.study_create(user=user, uploads=uploads)
+    assert len(saved) == 3  # original, its copy, the second original
+    assert not any(default_storage.exists(name) for name in saved)
+    assert not Study.objects.exists()
