@@ -44,6 +44,7 @@ from bench.common import (
     RawModels,
     RawStreams,
     cpu_split,
+    full_size,
     machine_busy_cpu,
     percentile,
     running_stack,
@@ -145,6 +146,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="end-to-end runs, each between two raw measurements; the "
                              "median ratio is reported (default 3)")
+    parser.add_argument("--full-size", metavar="WxH",
+                        help="send the X-rays enlarged to this size (e.g. 1800x1500), as a "
+                             "hospital's full-size radiographs, instead of the data set's 224 px")
+    parser.add_argument("--no-working-copies", action="store_true",
+                        help="WORKING_COPIES=false: the workers decode every original")
     parser.add_argument("--url", help="an installation already running (e.g. `make run`)")
     parser.add_argument("--token", help="API token of a user there (with --url)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -167,6 +173,15 @@ def main() -> int:
         etiology = None
     big = xray_files(args.n)
     singles = xray_files(args.single, offset=args.n)
+    size = None
+    if args.full_size:
+        width, _, height = args.full_size.lower().partition("x")
+        size = (int(width), int(height))
+
+    def enlarge(paths: list[Path]) -> list[Path]:
+        return full_size(paths, size) if size else paths
+
+    big, singles = enlarge(big), enlarge(singles)
 
     # The worker's layout: its pool processes, and the torch threads each gets.
     processes = settings.CELERY_WORKER_CONCURRENCY
@@ -181,7 +196,7 @@ def main() -> int:
         # (importing Celery, connecting to Redis: 0.2-0.4 s between the study being stored
         # and its chunks being sent, against ~0.05 s warm). Warm-up studies of one chunk, sent
         # at once so that every gunicorn process and every pool process takes one, pay them.
-        warm_files = xray_files(chunk, offset=args.n + args.single)
+        warm_files = enlarge(xray_files(chunk, offset=args.n + args.single))
         names = [f"warm-{uuid.uuid4().hex[:8]}" for _ in range(max(2, processes))]
         with ThreadPoolExecutor(len(names)) as pool:
             list(pool.map(lambda name: Client(client.base, client.token).submit(warm_files, name),
@@ -223,12 +238,16 @@ def main() -> int:
         results = measure(Client(args.url, args.token))
     else:
         worker_env = {"MODEL_CHECKPOINT_ETIOLOGY": etiology or "/nonexistent/etiology.pt"}
+        if args.no_working_copies:
+            worker_env["WORKING_COPIES"] = "false"
         with running_stack(chunk_size=chunk, batch_size=batch, checkpoint=checkpoint,
                            torch_threads=args.threads, extra_env=worker_env) as stack:
             results = measure(Client(stack.url, stack.token), stack.pool_pids())
     results["config"] = {"chunk_size": chunk, "batch_size": batch, "rounds": args.rounds,
                          "processes": processes, "threads_per_process": threads,
                          "io_threads": os.environ.get("INFERENCE_IO_THREADS", "auto"),
+                         "full_size": args.full_size or "", "working_copies":
+                         not args.no_working_copies,
                          "cpus": os.cpu_count(),
                          "load_avg_1m": os.getloadavg()[0],
                          "when": datetime.now().isoformat(timespec="seconds")}
@@ -246,6 +265,8 @@ def print_table(r: dict) -> None:
     rows = [
         ("model", f"{raw['model']} ({raw['arch']}, {raw['input_size']} px), "
                   f"batch {config['batch_size']}, chunk {config['chunk_size']}"),
+        ("X-rays sent", f"{config.get('full_size') or '224x224'} JPEG, working copies "
+                        f"{'on' if config.get('working_copies', True) else 'off'}"),
         ("worker", f"{config['processes']} pool process(es) x "
                    f"{config['threads_per_process']} torch thread(s)"),
         ("raw model throughput (forward + CAM [+ etiology])",

@@ -15,7 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from ml.preprocess import ImageDecodeError, decode_image, needs_working_copy, working_copy_jpeg
+from ml.preprocess import (
+    WORKING_COPY_SIDE,
+    ImageDecodeError,
+    decode_image,
+    needs_working_copy,
+    working_copy_jpeg,
+)
 
 # DICOM keyword -> Image model field; nothing else from the header is kept.
 DICOM_FIELDS = {
@@ -132,7 +138,8 @@ def inspect_file(name: str, data: bytes, *, max_bytes: int,
     if len(data) > max_bytes:
         return Rejection(name, f"The file is larger than the limit of {max_bytes} bytes.")
     try:
-        decoded = decode_image(data)
+        # Large JPEGs at reduced scale when a working copy is all the pixels are needed for.
+        decoded = decode_image(data, reduce_to=WORKING_COPY_SIDE if working_copies else None)
     except ImageDecodeError as exc:
         return Rejection(name, str(exc))
     except Exception as exc:  # a decoder bug must reject one file, never fail the request
@@ -144,7 +151,7 @@ def inspect_file(name: str, data: bytes, *, max_bytes: int,
         for keyword, model_field in DICOM_FIELDS.items()
         if str(decoded.metadata.get(keyword, "")).strip()
     }
-    height, width = decoded.pixels.shape[:2]
+    height, width = decoded.shape
     note = name_note(name, decoded.format)
     # Decoded here anyway (to validate): the workers get a small copy instead of decoding the
     # original once more.

@@ -7,6 +7,7 @@ import struct
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -369,3 +370,54 @@ def test_model_input_from_the_working_copy_matches_the_original_for_real_dicoms(
         assert float((a - b).abs().mean()) < 0.01, path.name
         checked += 1
     assert checked == 9
+
+
+def _full_size_jpeg(kermany_dir: Path, size: tuple[int, int] = (1800, 1500),
+                    **save: Any) -> bytes:
+    f = sorted((kermany_dir / "PNEUMONIA").glob("*.jpeg"))[5]
+    big = Image.open(f).convert("L").resize(size, Image.BICUBIC)
+    return _bytes_with(big, "JPEG", quality=92, **save)
+
+
+def _bytes_with(img: Image.Image, fmt: str, **save: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale_for_a_working_copy(kermany_dir: Path) -> None:
+    data = _full_size_jpeg(kermany_dir)
+    full = decode_image(data)
+    reduced = decode_image(data, reduce_to=WORKING_COPY_SIDE)
+    assert full.pixels.shape == (1500, 1800)
+    assert reduced.pixels.shape == (750, 900)  # libjpeg's 1/2: both sides still >= 512
+    assert reduced.shape == full.shape == (1500, 1800)  # the stored size is reported
+    # The same picture: the mean of each 2x2 block of the full decode, within a grey level.
+    blocks = full.pixels.reshape(750, 2, 900, 2).mean(axis=(1, 3))
+    assert float(np.abs(blocks - reduced.pixels).mean()) < 1 / 255
+
+
+def test_small_jpeg_and_png_are_decoded_in_full_whatever_reduce_to_says(
+    kermany_dir: Path,
+) -> None:
+    f = sorted((kermany_dir / "NORMAL").glob("*.jpeg"))[0]
+    small = decode_image(f.read_bytes(), reduce_to=WORKING_COPY_SIDE)  # 224: not over 2 x 512
+    assert np.array_equal(small.pixels, decode_image(f.read_bytes()).pixels)
+    png = _bytes(Image.fromarray(np.zeros((1500, 1800), np.uint8)), "PNG")
+    assert decode_image(png, reduce_to=WORKING_COPY_SIDE).pixels.shape == (1500, 1800)
+
+
+def test_truncated_large_jpeg_is_refused_at_reduced_scale_too(kermany_dir: Path) -> None:
+    data = _full_size_jpeg(kermany_dir)
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        decode_image(data[: len(data) // 2], reduce_to=WORKING_COPY_SIDE)
+
+
+def test_reduced_decode_reports_the_size_after_exif_rotation(kermany_dir: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    data = _full_size_jpeg(kermany_dir, exif=exif.tobytes())
+    full = decode_image(data)
+    reduced = decode_image(data, reduce_to=WORKING_COPY_SIDE)
+    assert full.pixels.shape == (1800, 1500)  # upright, as the user saw it
+    assert reduced.shape == (1800, 1500) and reduced.pixels.shape == (900, 750)

@@ -206,3 +206,21 @@ def test_storage_failure_on_a_working_copy_leaves_no_file_and_no_study(
     assert len(saved) == 3  # original, its copy, the second original
     assert not any(default_storage.exists(name) for name in saved)
     assert not Study.objects.exists()
+
+
+def test_full_size_jpeg_keeps_its_stored_size_and_gets_a_working_copy(
+    api: Any, kermany_images: dict[str, list[Path]]
+) -> None:
+    from ml.preprocess import WORKING_COPY_SIDE, decode_image
+
+    big = PILImage.open(kermany_images["pneumonia"][0]).convert("L").resize((1800, 1500))
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=92)
+    response = api.post("/api/studies/", {"files": [SimpleUploadedFile("big.jpg",
+                                                                        buf.getvalue())]},
+                        format="multipart")
+    assert response.status_code == 201, response.content
+    image = Image.objects.get(original_name="big.jpg")
+    assert (image.width, image.height) == (1800, 1500)  # not the reduced decode's size
+    with image.working_file.open("rb") as handle:
+        assert decode_image(handle.read()).pixels.shape == (WORKING_COPY_SIDE, 614)
