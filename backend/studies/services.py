@@ -322,7 +322,7 @@ def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int) -> Claime
         images = list(
             Image.objects.select_for_update(of=("self",))
             .select_related("study")
-            .only("id", "file", "attempts", "study_id", "study__status")
+            .only("id", "file", "working_file", "attempts", "study_id", "study__status")
             .filter(id__in=image_ids, status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
             .order_by("id")
         )

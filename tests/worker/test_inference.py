@@ -243,6 +243,25 @@ def test_unreadable_working_copy_falls_back_to_the_original(
     assert run_chunk([str(image.id)]).done == 1
 
 
+def test_preparing_claimed_images_makes_no_database_query(
+    tiny_model: None, api: Any, sent: list[dict], django_assert_num_queries: Any
+) -> None:
+    """The pool threads read files only: a field left out of the claim would cost a query
+    per image, on a thread-local connection that the retry after an outage never resets."""
+    from backend.studies import services
+    from worker import inference
+
+    _dicom_study(api)
+    upload_files(api, small_pngs(2))
+    ids = [i for call in sent for i in call["args"][0]]
+    models = inference.load_models()
+    claim = services.chunk_claim(image_ids=ids, max_attempts=5)
+    assert len(claim.images) == 3
+    with django_assert_num_queries(0):
+        prepared = [inference._prepare(image, models) for image in claim.images]
+    assert not any(isinstance(p, str) for p in prepared)
+
+
 def test_model_larger_than_the_working_copy_reads_the_original(
     tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
