@@ -45,6 +45,19 @@ def _media_root(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None
     settings.MEDIA_ROOT = REPO_ROOT / "var" / "test-media"
 
 
+def full_size_jpeg(path: Path, size: tuple[int, int] = (1800, 1500), **save: Any) -> bytes:
+    """A data-set X-ray enlarged to a full-size radiograph (width x height), as a JPEG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with Image.open(path) as image:
+        image.convert("L").resize(size, Image.Resampling.BICUBIC).save(
+            buf, format="JPEG", quality=92, **save)
+    return buf.getvalue()
+
+
 def make_user(username: str, hospital: str, role: str = "admin") -> Any:
     from backend.accounts.models import Hospital
     from backend.accounts.services import user_create

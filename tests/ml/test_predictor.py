@@ -12,6 +12,7 @@ from ml import DEFAULT_CHECKPOINTS, default_checkpoint
 from ml.data import discover, split_by_patient
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import ImageDecodeError, decode_image, to_model_tensor
+from tests.conftest import full_size_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -168,21 +169,6 @@ def test_optimised_outputs_that_differ_are_not_used(
     assert Predictor.from_checkpoint(binary_ckpt, device="cpu", optimize=True).runner is None
 
 
-def _full_size_radiographs(val_sample: list) -> list[bytes]:
-    """Validation X-rays enlarged to a full-size radiograph's 1800 x 1500, as JPEG files."""
-    import io
-
-    from PIL import Image
-
-    out = []
-    for record in val_sample[::4]:
-        big = Image.open(record.path).convert("L").resize((1800, 1500), Image.BICUBIC)
-        buf = io.BytesIO()
-        big.save(buf, format="JPEG", quality=92)
-        out.append(buf.getvalue())
-    return out
-
-
 @pytest.mark.parametrize("task", ["binary", "etiology"])
 def test_working_copy_gives_the_predictions_of_the_full_original(
     task: str, binary_ckpt: Path, etiology_ckpt: Path, dicom_dir: Path, val_sample: list
@@ -193,7 +179,7 @@ def test_working_copy_gives_the_predictions_of_the_full_original(
     from ml.preprocess import WORKING_COPY_SIDE, preprocess, working_copy_jpeg
 
     model = Predictor.from_checkpoint(binary_ckpt if task == "binary" else etiology_ckpt)
-    files = _full_size_radiographs(val_sample)
+    files = [full_size_jpeg(record.path) for record in val_sample[::4]]
     files += [p.read_bytes() for p in sorted(dicom_dir.glob("*.dcm"))
               if "undecodable" not in p.name]
     assert len(files) == 10 + 9

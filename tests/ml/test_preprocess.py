@@ -27,6 +27,7 @@ from ml.preprocess import (
     to_model_tensor,
     working_copy_jpeg,
 )
+from tests.conftest import full_size_jpeg
 
 DICOM_FILES = [
     "cr-chest-pa-jpeg-baseline.dcm",
@@ -372,17 +373,8 @@ def test_model_input_from_the_working_copy_matches_the_original_for_real_dicoms(
     assert checked == 9
 
 
-def _full_size_jpeg(kermany_dir: Path, size: tuple[int, int] = (1800, 1500),
-                    **save: Any) -> bytes:
-    f = sorted((kermany_dir / "PNEUMONIA").glob("*.jpeg"))[5]
-    big = Image.open(f).convert("L").resize(size, Image.BICUBIC)
-    return _bytes_with(big, "JPEG", quality=92, **save)
-
-
-def _bytes_with(img: Image.Image, fmt: str, **save: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **save)
-    return buf.getvalue()
+def _full_size_jpeg(kermany_dir: Path, **save: Any) -> bytes:
+    return full_size_jpeg(sorted((kermany_dir / "PNEUMONIA").glob("*.jpeg"))[5], **save)
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale_for_a_working_copy(kermany_dir: Path) -> None:

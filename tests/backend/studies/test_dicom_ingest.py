@@ -14,7 +14,7 @@ from PIL import Image as PILImage
 
 from backend.studies.ingest import population_flags
 from backend.studies.models import Image
-from tests.conftest import DICOM_DIR
+from tests.conftest import DICOM_DIR, full_size_jpeg
 
 pytestmark = pytest.mark.django_db
 
@@ -213,11 +213,8 @@ def test_full_size_jpeg_keeps_its_stored_size_and_gets_a_working_copy(
 ) -> None:
     from ml.preprocess import WORKING_COPY_SIDE, decode_image
 
-    big = PILImage.open(kermany_images["pneumonia"][0]).convert("L").resize((1800, 1500))
-    buf = io.BytesIO()
-    big.save(buf, format="JPEG", quality=92)
-    response = api.post("/api/studies/", {"files": [SimpleUploadedFile("big.jpg",
-                                                                        buf.getvalue())]},
+    big = full_size_jpeg(kermany_images["pneumonia"][0])
+    response = api.post("/api/studies/", {"files": [SimpleUploadedFile("big.jpg", big)]},
                         format="multipart")
     assert response.status_code == 201, response.content
     image = Image.objects.get(original_name="big.jpg")
