@@ -143,7 +143,12 @@ def _decode_pillow(data: bytes, fmt: str, reduce_to: int | None = None) -> Decod
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"image too large (decompression bomb): {exc}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        # Pillow's message names a Python object ("<_io.BytesIO object at 0x...>"): not for
+        # a clinician's upload report.
+        raise ImageDecodeError(f"corrupt or truncated {fmt.upper()} image: its data cannot "
+                               f"be read as {fmt.upper()}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated {fmt.upper()} image: {exc}") from exc
 
     # Honour EXIF orientation so a phone photo of a film is upright as the user saw it.

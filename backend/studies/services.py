@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -19,6 +21,7 @@ from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from backend.accounts.models import Hospital, User
+from backend.config.sizing import upload_decode_threads
 
 from .ingest import InspectedFile, Rejection, ZipLimits, expand_zip, inspect_file, is_zip
 from .models import Image, Result, Study
@@ -75,6 +78,45 @@ def _candidates(uploads: Iterable[UploadedFile]) -> Iterator[tuple[str, bytes] |
         yield name, upload.read(limit + 1)
 
 
+def _inspected(
+    candidates: Iterable[tuple[str, bytes] | Rejection],
+) -> Iterator[InspectedFile | Rejection]:
+    """Each candidate inspected (decoded and checked), in order, several files at a time.
+
+    Decoding is the cost of an upload (a compressed DICOM: 100-700 ms) and the decoders
+    release the GIL, so UPLOAD_DECODE_THREADS files are decoded at once; at most twice that
+    many are held in memory.
+    """
+    threads = upload_decode_threads(settings.UPLOAD_DECODE_THREADS)
+
+    def inspect(name: str, data: bytes) -> InspectedFile | Rejection:
+        return inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
+                            working_copies=settings.WORKING_COPIES)
+
+    if threads <= 1:
+        for candidate in candidates:
+            yield candidate if isinstance(candidate, Rejection) else inspect(*candidate)
+        return
+    window: deque[Future[InspectedFile | Rejection] | Rejection] = deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload-decode") as pool:
+        try:
+            for candidate in candidates:
+                window.append(candidate if isinstance(candidate, Rejection)
+                              else pool.submit(inspect, *candidate))
+                while len(window) > 2 * threads:
+                    yield _outcome(window.popleft())
+            while window:
+                yield _outcome(window.popleft())
+        finally:
+            for pending in window:  # the request failed: do not decode the rest
+                if isinstance(pending, Future):
+                    pending.cancel()
+
+
+def _outcome(item: Future[InspectedFile | Rejection] | Rejection) -> InspectedFile | Rejection:
+    return item if isinstance(item, Rejection) else item.result()
+
+
 def _inspect_and_store(
     uploads: Iterable[UploadedFile], *, study_id: UUID, stored: list[StoredFiles]
 ) -> tuple[list[tuple[InspectedFile, StoredFiles]], list[Rejection]]:
@@ -86,22 +128,15 @@ def _inspect_and_store(
     accepted: list[tuple[InspectedFile, StoredFiles]] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
-    for candidate in _candidates(uploads):
-        if isinstance(candidate, Rejection):
-            rejected.append(candidate)
-            continue
-        name, data = candidate
-        if len(accepted) >= settings.MAX_FILES_PER_STUDY:
-            rejected.append(Rejection(name, "A study holds at most "
-                                            f"{settings.MAX_FILES_PER_STUDY} files."))
-            continue
-        outcome = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
-                               working_copies=settings.WORKING_COPIES)
+    for outcome in _inspected(_candidates(uploads)):
+        if not isinstance(outcome, Rejection) and len(accepted) >= settings.MAX_FILES_PER_STUDY:
+            outcome = Rejection(outcome.name, "A study holds at most "
+                                              f"{settings.MAX_FILES_PER_STUDY} files.")
         if isinstance(outcome, Rejection):
             rejected.append(outcome)
         elif outcome.sha256 in seen:
-            rejected.append(Rejection(name, "Duplicate of another file in this study "
-                                            "(same SHA-256)."))
+            rejected.append(Rejection(outcome.name, "Duplicate of another file in this study "
+                                                    "(same SHA-256)."))
         else:
             seen.add(outcome.sha256)
             # Random names: the uploaded name is user input and is kept only as metadata.

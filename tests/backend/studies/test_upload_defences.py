@@ -265,3 +265,56 @@ def test_request_over_the_request_size_limit_is_refused_with_413(
     assert response.status_code == 413
     assert "larger than the limit" in response.json()["detail"]
     assert Study.objects.count() == 0
+
+
+def test_upload_decoded_several_files_at_once_gives_the_outcome_of_one_at_a_time(
+    api: Any, settings: Any
+) -> None:
+    files = [(f"ok-{i}.png", png_bytes(seed=i)) for i in range(6)]
+    files[2] = ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    files.append(("again.png", files[0][1]))  # a duplicate, found after parallel decoding
+    files.append(("photo.jpg", jpeg_bytes()))
+    outcomes = []
+    for threads in (1, 4):
+        settings.UPLOAD_DECODE_THREADS = threads
+        response = upload(api, *files)
+        assert response.status_code == 201
+        body = response.json()
+        outcomes.append(([a["original_name"] for a in body["accepted"]],
+                         [(r["name"], r["reason"]) for r in body["rejected"]]))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][0] == ["ok-0.png", "ok-1.png", "ok-3.png", "ok-4.png", "ok-5.png",
+                              "photo.jpg"]  # in upload order
+    assert outcomes[1][1] == [
+        ("broken.png", "corrupt or truncated PNG image: its data cannot be read as PNG"),
+        ("again.png", "Duplicate of another file in this study (same SHA-256)."),
+    ]
+
+
+def test_parallel_decoding_holds_a_bounded_number_of_files(settings: Any) -> None:
+    from backend.studies.services import _inspected
+
+    settings.UPLOAD_DECODE_THREADS = 2
+    pulled = 0
+
+    def candidates() -> Any:
+        nonlocal pulled
+        for i in range(50):
+            pulled += 1
+            yield f"f{i}.png", png_bytes(seed=i)
+
+    outcomes = _inspected(candidates())
+    first = next(outcomes)
+    assert first.name == "f0.png"
+    assert pulled <= 2 * 2 + 1  # not the whole upload in memory
+    assert [o.name for o in outcomes] == [f"f{i}.png" for i in range(1, 50)]
+
+
+@pytest.mark.parametrize(("configured", "cores", "threads"), [(0, 2, 2), (0, 16, 4), (3, 16, 3),
+                                                              (0, 1, 1)])
+def test_upload_decode_threads_default_to_the_cores_up_to_four(
+    configured: int, cores: int, threads: int
+) -> None:
+    from backend.config.sizing import upload_decode_threads
+
+    assert upload_decode_threads(configured, cores=cores) == threads
