@@ -129,7 +129,7 @@ def _decode_pillow(data: bytes, fmt: str, reduce_to: int | None = None) -> Decod
             if width < 8 or height < 8:
                 raise ImageDecodeError(f"image too small: {width}x{height}")
             scaled = (fmt == "jpeg" and reduce_to is not None
-                      and min(width, height) > 2 * reduce_to)
+                      and _worth_a_smaller_copy(height, width, reduce_to))
             if fmt == "jpeg" and (scaled or img.mode in ("RGB", "YCbCr")):
                 # Decode the luma plane only: libjpeg skips chroma upsampling and colour
                 # conversion (~35 % faster). It is the same ITU-R 601 luma as convert("L")
@@ -374,7 +374,13 @@ def needs_working_copy(fmt: str, height: int, width: int) -> bool:
     ~1 ms for a working copy); JPEG and PNG once they are over twice the working side (a
     2000x1600 JPEG: ~19 ms). The 224 px Kermany JPEGs need none: they decode in ~0.3 ms.
     """
-    return fmt == "dicom" or min(height, width) > 2 * WORKING_COPY_SIDE
+    return fmt == "dicom" or _worth_a_smaller_copy(height, width, WORKING_COPY_SIDE)
+
+
+def _worth_a_smaller_copy(height: int, width: int, side: int) -> bool:
+    """Over twice `side` on the shorter side: the one rule for reducing at decode and for
+    making a working copy, so a reduced decode always ends in a copy."""
+    return min(height, width) > 2 * side
 
 
 def working_copy_pixels(pixels: np.ndarray) -> np.ndarray:

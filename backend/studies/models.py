@@ -10,13 +10,21 @@ from django.db import models
 from backend.accounts.models import Hospital
 
 
-def _image_path(instance: Image, filename: str) -> str:
+def image_storage_name(study_id: uuid.UUID) -> str:
     # Random names: the uploaded name is user input and is kept only as metadata.
-    return f"studies/{instance.study_id}/images/{uuid.uuid4().hex}"
+    return f"studies/{study_id}/images/{uuid.uuid4().hex}"
+
+
+def working_copy_storage_name(study_id: uuid.UUID) -> str:
+    return f"studies/{study_id}/working/{uuid.uuid4().hex}.jpg"
+
+
+def _image_path(instance: Image, filename: str) -> str:
+    return image_storage_name(instance.study_id)
 
 
 def _working_copy_path(instance: Image, filename: str) -> str:
-    return f"studies/{instance.study_id}/working/{uuid.uuid4().hex}.jpg"
+    return working_copy_storage_name(instance.study_id)
 
 
 def _heatmap_path(instance: Result, filename: str) -> str:

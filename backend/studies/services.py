@@ -24,7 +24,7 @@ from backend.accounts.models import Hospital, User
 from backend.config.sizing import upload_decode_threads
 
 from .ingest import InspectedFile, Rejection, ZipLimits, expand_zip, inspect_file, is_zip
-from .models import Image, Result, Study
+from .models import Image, Result, Study, image_storage_name, working_copy_storage_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,19 @@ def _candidates(uploads: Iterable[UploadedFile]) -> Iterator[tuple[str, bytes] |
         yield name, upload.read(limit + 1)
 
 
+@dataclass
+class StoredFiles:
+    """Storage names of one accepted upload: the original and its working copy, if any."""
+
+    original: str
+    working: str = ""
+
+    def delete(self) -> None:
+        for name in (self.original, self.working):
+            if name:
+                default_storage.delete(name)
+
+
 def _inspected(
     candidates: Iterable[tuple[str, bytes] | Rejection],
 ) -> Iterator[InspectedFile | Rejection]:
@@ -93,10 +106,6 @@ def _inspected(
         return inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
                             working_copies=settings.WORKING_COPIES)
 
-    if threads <= 1:
-        for candidate in candidates:
-            yield candidate if isinstance(candidate, Rejection) else inspect(*candidate)
-        return
     window: deque[Future[InspectedFile | Rejection] | Rejection] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload-decode") as pool:
         try:
@@ -139,29 +148,14 @@ def _inspect_and_store(
                                                     "(same SHA-256)."))
         else:
             seen.add(outcome.sha256)
-            # Random names: the uploaded name is user input and is kept only as metadata.
             files = StoredFiles(original=default_storage.save(
-                f"studies/{study_id}/images/{uuid.uuid4().hex}", ContentFile(outcome.data)))
+                image_storage_name(study_id), ContentFile(outcome.data)))
             stored.append(files)
             if outcome.working_copy:
                 files.working = default_storage.save(
-                    f"studies/{study_id}/working/{uuid.uuid4().hex}.jpg",
-                    ContentFile(outcome.working_copy))
+                    working_copy_storage_name(study_id), ContentFile(outcome.working_copy))
             accepted.append((_without_data(outcome), files))
     return accepted, rejected
-
-
-@dataclass
-class StoredFiles:
-    """Storage names of one accepted upload: the original and its working copy, if any."""
-
-    original: str
-    working: str = ""
-
-    def delete(self) -> None:
-        for name in (self.original, self.working):
-            if name:
-                default_storage.delete(name)
 
 
 def _without_data(item: InspectedFile) -> InspectedFile:
