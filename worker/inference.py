@@ -17,9 +17,12 @@ A chunk (one task, `INFERENCE_CHUNK_SIZE` images) is processed in batches of
    encoded as a small palette PNG (`ml.cam.levels_png`: ~4 kB, ~0.2 ms) and written to storage
    on the thread pool while the etiology pass and the next batch run (the viewer lays it over
    the radiograph);
-5. all results and failures of the chunk are written in one transaction
-   (`results_record_many`): a chunk's results appear together, and a task that dies before
-   this point leaves nothing half-written.
+5. each batch's results and failures are stored in one transaction (`results_record_many`)
+   by the process's recorder thread while the next batch is in the forward pass: results
+   appear batch by batch (the first ones ~0.3 s after a study starts, not after its whole
+   chunk), the forward thread never waits for the database, and a task that dies or times out
+   keeps the batches already stored; a repeat of the chunk claims only the rest. A result is
+   stored with its heatmap or not at all: the heatmaps of batches not stored are deleted.
 
 The models are loaded once per worker process, after the fork (worker/signals.py), and kept
 in a module global; nothing here runs at import time.
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db import close_old_connections, connections
 
 from backend.config.sizing import torch_threads
 from backend.studies import services
@@ -83,6 +87,7 @@ class ChunkReport:
 
 _models: Models | None = None
 _executor: ThreadPoolExecutor | None = None
+_recorder: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 _images_since_trim = 0
 TRIM_EVERY_IMAGES = 512
@@ -229,6 +234,27 @@ def executor(device: torch.device | None = None) -> ThreadPoolExecutor:
         return _executor
 
 
+def recorder() -> ThreadPoolExecutor:
+    """This process's recorder: one thread that stores finished batches, in order.
+
+    Its own thread, not the I/O pool: a record waits for its batch's heatmaps, which run on
+    the pool, so it must never take a pool thread they need. It keeps one database connection
+    of its own (`close_recorder_connection` closes it).
+    """
+    global _recorder
+    with _lock:
+        if _recorder is None:
+            _recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-record")
+        return _recorder
+
+
+def close_recorder_connection() -> None:
+    """Close the recorder thread's database connection (tests, before the database is
+    dropped; a worker process simply exits)."""
+    if _recorder is not None:
+        _recorder.submit(connections.close_all).result()
+
+
 def _forward(models: Models, predictor: Predictor, batch: torch.Tensor,
              with_cam: bool) -> list[Prediction]:
     if models.device.type == "cuda":
@@ -348,6 +374,49 @@ def _batch_results(
             for future, etio in zip(rendering, etios, strict=True)]
 
 
+def _record_batch(record: _Record, failures: dict[UUID, str]) -> int:
+    """Store one batch (recorder thread): its results once their heatmaps are written."""
+    # This thread's connection outlives tasks: one broken by a database restart or outage is
+    # replaced here (Django marks it on the error); the task's retry runs in another thread.
+    close_old_connections()
+    stored = [rendering.completed() for rendering in record.renderings]
+    return services.results_record_many(results=stored, failures=failures,
+                                        on_committed=record.mark_committed)
+
+
+@dataclass
+class _Record:
+    """One batch handed to the recorder."""
+
+    renderings: list[_Rendering]
+    future: Future[int] | None = None
+    committed: bool = False  # its results are in the database (their heatmaps must stay)
+
+    def mark_committed(self) -> None:
+        self.committed = True
+
+
+
+def _raise_if_a_record_failed(records: list[_Record]) -> None:
+    for record in records:
+        if record.future is not None and record.future.done():
+            record.future.result()
+
+
+def _abandon(records: list[_Record], pending: list[Future[Any]]) -> None:
+    """After an error or the time limit: stop what has not started, let a batch being stored
+    finish, and delete the heatmaps of every batch that was not stored."""
+    futures = [record.future for record in records if record.future is not None]
+    for future in [*pending, *futures]:
+        future.cancel()
+    for future in futures:
+        if not future.cancelled():
+            with contextlib.suppress(BaseException):
+                future.result()
+    _discard_heatmaps([r for record in records if not record.committed
+                       for r in record.renderings])
+
+
 def _discard_heatmaps(renderings: list[_Rendering]) -> None:
     for rendering in renderings:
         future = rendering.result
@@ -376,9 +445,9 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     pool = executor(models.device)
     size = max(1, settings.INFERENCE_BATCH_SIZE)
     batches = [claim.images[i:i + size] for i in range(0, len(claim.images), size)]
-    failures: dict[UUID, str] = {}
+    failed = 0
     pending: list[Future[Any]] = []
-    renderings: list[_Rendering] = []
+    records: list[_Record] = []
 
     def decode(batch: list[Image]) -> list[Future[_Prepared | str]]:
         futures = [pool.submit(_prepare, image, models) for image in batch]
@@ -388,34 +457,34 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     try:
         decoding = decode(batches[0]) if batches else []
         for index, batch in enumerate(batches):
+            _raise_if_a_record_failed(records)  # e.g. the database is down: stop early
             outcomes = [future.result() for future in decoding]
             # One batch ahead: the pool decodes the next batch during this one's forward pass.
             decoding = decode(batches[index + 1]) if index + 1 < len(batches) else []
             prepared = []
+            failures: dict[UUID, str] = {}
             for image, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, str):
                     failures[image.id] = outcome
                 else:
                     prepared.append(outcome)
+            failed += len(failures)
             stages.lap("prepare")
-            if prepared:
-                rendered = _batch_results(models, prepared, pool)
-                pending.extend(r.result for r in rendered)
-                renderings.extend(rendered)
-                stages.lap("forward")
-        stored = [rendering.completed() for rendering in renderings]
-        stages.lap("render")
+            rendered = _batch_results(models, prepared, pool) if prepared else []
+            pending.extend(r.result for r in rendered)
+            record = _Record(rendered)
+            records.append(record)
+            record.future = recorder().submit(_record_batch, record, failures)
+            stages.lap("forward")
+        done = sum(record.future.result() for record in records if record.future)
+        stages.lap("record")
     except BaseException:
-        # An error or the time limit: drop the work not started yet, and the heatmaps
-        # already written (nothing refers to them; a retry writes its own).
-        for future in pending:
-            future.cancel()
-        _discard_heatmaps(renderings)
+        # An error or the time limit: the batches already stored stay (a retry claims only
+        # the rest); nothing refers to the other heatmaps, so they go.
+        _abandon(records, pending)
         raise
-    done = services.results_record_many(results=stored, failures=failures)
-    stages.lap("record")
     skipped = len(image_ids) - len(claim.images) - len(claim.given_up)
-    report = ChunkReport(done=done, failed=len(failures) + len(claim.given_up),
+    report = ChunkReport(done=done, failed=failed + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
                          stages=stages.seconds)
     _release_freed_memory(len(image_ids))

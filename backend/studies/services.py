@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
@@ -379,14 +379,16 @@ def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int) -> Claime
 
 
 def results_record_many(
-    *, results: Sequence[Result], failures: dict[UUID, str] | None = None
+    *, results: Sequence[Result], failures: dict[UUID, str] | None = None,
+    on_committed: Callable[[], None] | None = None,
 ) -> int:
     """Store a chunk's results and per-image failures in one transaction; returns results stored.
 
     `results` are unsaved Result objects (heatmap files already written). Images finished
     meanwhile (a duplicate delivery won the race) keep their first result: the later one is
     dropped and its heatmap file deleted, so repeats never duplicate results or counts.
-    Set-based writes: one INSERT of the results, one UPDATE per outcome.
+    Set-based writes: one INSERT of the results, one UPDATE per outcome. `on_committed` runs
+    once they are committed, before the studies' status is refreshed (which may still fail).
     """
     failures = failures or {}
     ids = [r.image_id for r in results] + list(failures)
@@ -411,6 +413,8 @@ def results_record_many(
         for reason, failed_ids in by_reason.items():
             Image.objects.filter(id__in=failed_ids).update(
                 status=Image.Status.FAILED, error=reason, finished_at=now)
+        if on_committed is not None:
+            transaction.on_commit(on_committed)
     for stale in (r for r in results if r.image_id not in open_images):
         if stale.heatmap:
             stale.heatmap.delete(save=False)

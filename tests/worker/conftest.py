@@ -62,6 +62,8 @@ def tiny_model(settings: Any, tiny_checkpoint: Path) -> Iterator[None]:
     inference._models = None
     yield
     inference._models = None
+    # The recorder thread's connection would keep the test database from being dropped.
+    inference.close_recorder_connection()
     gc.unfreeze()  # load_models froze this test process's objects: give them back to the GC
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -91,7 +92,7 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
     report = inference.run_chunk(ids)
     assert (report.done, report.failed, report.skipped) == (6, 1, 0)
     assert batch_sizes == [3, 2, 1]  # the corrupt image left its batch alone
-    assert set(report.stages or {}) == {"claim", "prepare", "forward", "render", "record"}
+    assert set(report.stages or {}) == {"claim", "prepare", "forward", "record"}
     pipelined = {r.image_id: (r.label, r.score, r.bbox) for r in Result.objects.all()}
     assert all(r.heatmap and r.inference_ms for r in Result.objects.all())
     assert Image.objects.get(id=broken.id).error.startswith("Could not read the image:")
@@ -111,11 +112,13 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
         assert pipelined[image_id][2] == pytest.approx(bbox, abs=1e-5)
 
 
-def test_error_while_writing_heatmaps_records_nothing(
+def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
     tiny_model: None, api: Any, sent: list[dict], settings: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A chunk's results are written together: a failing storage leaves no half chunk."""
+    """Results are stored batch by batch: when the store fails in the second batch, the first
+    batch's results stay with their heatmaps, the second leaves neither rows nor files, and
+    the retry classifies only what is left."""
     from django.core.files.storage import default_storage
 
     from backend.studies.models import Image, Result
@@ -129,21 +132,52 @@ def test_error_while_writing_heatmaps_records_nothing(
 
     def storage_goes_down(levels: Any) -> bytes:
         calls.append(1)
-        if len(calls) > 2:  # the first batch's heatmaps are written, then the store fails
+        if len(calls) > 3:  # the first batch and half of the second are written, then it fails
             raise ConnectionError("object store unreachable")
         return encode(levels)
 
     monkeypatch.setattr(inference, "levels_png", storage_goes_down)
     with pytest.raises(ConnectionError):
         inference.run_chunk(ids)
-    assert Result.objects.count() == 0
-    assert set(Image.objects.values_list("status", flat=True)) == {"processing"}
+    first = list(Result.objects.select_related("image"))
+    assert len(first) == 2
+    assert all(r.heatmap and default_storage.exists(r.heatmap.name) for r in first)
+    assert sorted(Image.objects.values_list("status", flat=True)) == (
+        ["done"] * 2 + ["processing"] * 3)
     folder = f"studies/{study['id']}/heatmaps"
-    written = default_storage.listdir(folder)[1] if default_storage.exists(folder) else []
-    assert written == []  # the heatmaps already written were removed again
+    assert sorted(default_storage.listdir(folder)[1]) == sorted(
+        r.heatmap.name.rsplit("/", 1)[1] for r in first)  # the second batch's file went
     monkeypatch.undo()
-    assert inference.run_chunk(ids).done == 5  # the retry takes them over
+    retry = inference.run_chunk(ids)
+    assert (retry.done, retry.skipped) == (3, 2)  # only the rest is classified again
     assert Result.objects.count() == 5
+    assert set(Image.objects.values_list("status", flat=True)) == {"done"}
+
+
+def test_results_appear_batch_by_batch(
+    tiny_model: None, api: Any, sent: list[dict], settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the second batch is in the forward pass, the first batch is already stored."""
+    from backend.studies.models import Result
+    from worker import inference
+
+    upload_files(api, small_pngs(4))
+    ids = [i for call in sent for i in call["args"][0]]
+    settings.INFERENCE_BATCH_SIZE = 2
+    inference.load_models()
+    stored_at_forward: list[int] = []
+    forward = inference._forward
+
+    def watching(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
+        if with_cam:  # the binary pass of each batch
+            time.sleep(0.3)  # room for the recorder to store the batch before
+            stored_at_forward.append(Result.objects.count())
+        return forward(models, predictor, x, with_cam)
+
+    monkeypatch.setattr(inference, "_forward", watching)
+    assert inference.run_chunk(ids).done == 4
+    assert stored_at_forward == [0, 2]
 
 
 def test_repeated_chunk_changes_nothing(tiny_model: None, api: Any, sent: list[dict]) -> None:
@@ -401,3 +435,33 @@ def test_pool_threads_only_use_cpu_the_forward_pass_leaves_free(
     # Beside other pool processes, idle threads would starve: "auto" keeps normal priority.
     monkeypatch.setattr(inference, "pool_processes", lambda: 2)
     assert inference.io_threads_idle(torch.device("cpu")) is (choice == "idle")
+
+
+def test_recorder_reconnects_after_its_connection_broke(
+    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorder thread's database connection dies (a database restart): that chunk fails
+    with a database error, which the task retries, and the retry stores everything."""
+    from django.db import InterfaceError, OperationalError, connection
+
+    from backend.studies.models import Result
+    from worker import inference
+
+    # Persistent connections without health checks (the test settings close them after each
+    # use, which would hide the broken one): only dropping it on the error saves the retry.
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 600)
+    monkeypatch.setitem(connection.settings_dict, "CONN_HEALTH_CHECKS", False)
+    inference.close_recorder_connection()
+    upload_files(api, small_pngs(2))
+    first = [i for call in sent for i in call["args"][0]]
+    assert inference.run_chunk(first).done == 2
+    # Behind Django's back, as a server restart would: Django still thinks it is open.
+    inference.recorder().submit(lambda: connection.connection.close()).result()
+    sent.clear()
+    upload_files(api, small_pngs(3, seed=1))
+    second = [i for call in sent for i in call["args"][0]]
+    with pytest.raises((InterfaceError, OperationalError)):
+        inference.run_chunk(second)
+    assert Result.objects.count() == 2
+    assert inference.run_chunk(second).done == 3  # what the task's retry does
+    assert Result.objects.count() == 5
