@@ -378,6 +378,45 @@ def test_task_soft_time_limit_ends_in_recorded_failure(
     assert study_state(study["id"])["status"] == "failed"
 
 
+def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
+    tiny_model: None, api: Any, sent: list[dict], settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The soft limit strikes in the second batch's forward pass: the first batch keeps its
+    results and heatmaps, the rest fail as timed out, and no heatmap file is left over."""
+    from celery.exceptions import SoftTimeLimitExceeded
+    from django.core.files.storage import default_storage
+
+    from backend.studies.models import Image, Result
+    from worker import inference, tasks
+
+    study = upload_files(api, small_pngs(5))
+    ids = [i for call in sent for i in call["args"][0]]
+    settings.INFERENCE_BATCH_SIZE = 2
+    inference.load_models()
+    forward = inference._forward
+    passes: list[int] = []
+
+    def limit_in_second_batch(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
+        passes.append(1)
+        if len(passes) == 2:
+            time.sleep(0.3)  # the recorder stores the first batch meanwhile
+            raise SoftTimeLimitExceeded()
+        return forward(models, predictor, x, with_cam)
+
+    monkeypatch.setattr(inference, "_forward", limit_in_second_batch)
+    tasks.infer_images.apply(args=[ids])
+    statuses = sorted(Image.objects.values_list("status", flat=True))
+    assert statuses == ["done"] * 2 + ["failed"] * 3
+    assert all(e.startswith("Timed out") for e in
+               Image.objects.filter(status="failed").values_list("error", flat=True))
+    kept = list(Result.objects.all())
+    assert len(kept) == 2 and all(default_storage.exists(r.heatmap.name) for r in kept)
+    folder = f"studies/{study['id']}/heatmaps"
+    assert len(default_storage.listdir(folder)[1]) == 2
+    assert study_state(study["id"])["status"] == "done_with_errors"
+
+
 def test_task_retries_transient_errors_then_records_failure(
     tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
