@@ -12,6 +12,13 @@ median of chunk throughput / raw throughput around it, and of raw CPU / chunk CP
 (what counts on a worker whose pool processes keep every core busy; run with
 INFERENCE_TORCH_THREADS=1 to see one such process). Faster to iterate on than the full
 pipeline bench, and free of web, broker and polling noise.
+
+    python bench/chunk.py --processes 2 [configs...]   # the worker's layout
+
+With --processes N, N spawned processes set up like the worker's pool processes (their share
+of the cores as torch threads, its I/O thread priority) each run a chunk of their own study at
+the same moment, against the raw models in the same layout (bench.common.RawStreams): what a
+CPU worker does minus Celery, the web and the study's start and end.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import DEFAULT_DB, REPO_ROOT, RawModels, xray_files
+from bench.common import DEFAULT_DB, REPO_ROOT, RawModels, RawStreams, xray_files
 
 
 def main() -> int:
@@ -36,21 +43,18 @@ def main() -> int:
                         help="SETTING=value[,SETTING=value] per configuration")
     parser.add_argument("--images", type=int, default=128, help="images in the chunk")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="pool processes running chunks at once (default 1: this process)")
     args = parser.parse_args()
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="backend.config.settings.production", SECRET_KEY="bench",
-        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), LOG_LEVEL="WARNING",
-        MEDIA_ROOT=os.environ.get("BENCH_MEDIA_ROOT", "/tmp/pneumoscan-bench-chunk"),
-    )
-    import django
-
-    django.setup()
-    from django.conf import settings
+    _set_up_django()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    if args.processes > 1:
+        return _in_pool_layout(args)
+    from django.conf import settings
+
     from worker import inference
 
     paths = xray_files(args.images, offset=2000)
@@ -97,6 +101,102 @@ def main() -> int:
     return 0
 
 
+def _set_up_django() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="backend.config.settings.production", SECRET_KEY="bench",
+        DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), LOG_LEVEL="WARNING",
+        MEDIA_ROOT=os.environ.get("BENCH_MEDIA_ROOT", "/tmp/pneumoscan-bench-chunk"),
+    )
+    import django
+
+    django.setup()
+
+
+def _in_pool_layout(args: argparse.Namespace) -> int:
+    import multiprocessing
+
+    from django.conf import settings
+
+    from backend.config.sizing import torch_threads
+
+    processes, images = args.processes, args.images
+    threads = torch_threads(settings.INFERENCE_TORCH_THREADS, processes=processes)
+    studies = [_stored_study(xray_files(images, offset=2000 + k * images), f"bench-chunk-{k}")
+               for k in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    pipes = []
+    for k in range(processes):
+        parent, child = context.Pipe()
+        context.Process(target=_pool_process, daemon=True,
+                        args=(child, barrier, processes, threads, studies[k])).start()
+        pipes.append(parent)
+    for pipe in pipes:
+        pipe.recv()  # models loaded, one chunk done
+    etiology = settings.MODEL_CHECKPOINT_ETIOLOGY
+    raw = RawStreams(processes, threads, settings.MODEL_CHECKPOINT_BINARY,
+                     xray_files(images, offset=2000),
+                     etiology if os.path.exists(etiology) else None)
+    ratios: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for config in args.configs:
+            before = raw.images_per_s(settings.INFERENCE_BATCH_SIZE)
+            for pipe in pipes:
+                pipe.send(_overrides(config))
+            outcomes = [pipe.recv() for pipe in pipes]
+            after = raw.images_per_s(settings.INFERENCE_BATCH_SIZE)
+            chunks = processes * images / max(wall for wall, _ in outcomes)
+            ratios.setdefault(config, []).append(chunks / ((before + after) / 2))
+            cpu.setdefault(config, []).append(
+                sum(c for _, c in outcomes) / (processes * images) * 1000)
+    for pipe in pipes:
+        pipe.send(None)
+    raw.close()
+    width = max(len(c) for c in args.configs)
+    print(f"\n{processes} processes x {threads} torch thread(s), chunks of {images}")
+    print(f"{'configuration'.ljust(width)}  median chunks/raw  CPU ms per image"
+          "  every repetition (wall ratio)")
+    for config, values in ratios.items():
+        print(f"{config.ljust(width)}  {statistics.median(values):17.2f}  "
+              f"{statistics.median(cpu[config]):16.2f}  "
+              + " ".join(f"{v:.2f}" for v in values))
+    return 0
+
+
+def _pool_process(pipe: Any, barrier: Any, processes: int, threads: int,
+                  image_ids: list[str]) -> None:
+    """One pool process of a CPU worker, without Celery: told a configuration, it runs the
+    chunk at the same moment as the others and reports (wall, CPU) seconds."""
+    _set_up_django()
+    from django.conf import settings
+
+    import worker.signals
+    from worker import inference
+
+    worker.signals._pool_processes = processes  # what the worker's parent would have noted
+    os.environ.setdefault("PNEUMO_TORCH_THREADS", str(threads))
+    inference.load_models()
+    inference.run_chunk(image_ids)
+    _requeue(image_ids)
+    pipe.send("ready")
+    while (overrides := pipe.recv()) is not None:
+        saved = {key: getattr(settings, key) for key in overrides}
+        for key, value in overrides.items():
+            setattr(settings, key, value)
+        inference._executor = None
+        barrier.wait()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        report = inference.run_chunk(image_ids)
+        pipe.send((time.perf_counter() - started, time.process_time() - cpu_started))
+        assert report.done == len(image_ids), report
+        _requeue(image_ids)
+        for key, value in saved.items():
+            setattr(settings, key, value)
+        inference._executor = None
+
+
 def _overrides(config: str) -> dict[str, Any]:
     if config == "current":
         return {}
@@ -107,7 +207,7 @@ def _overrides(config: str) -> dict[str, Any]:
     return out
 
 
-def _stored_study(paths: list[Path]) -> list[str]:
+def _stored_study(paths: list[Path], name: str = "bench-chunk") -> list[str]:
     from unittest import mock
 
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -119,11 +219,11 @@ def _stored_study(paths: list[Path]) -> list[str]:
     hospital, _ = Hospital.objects.get_or_create(name="Bench Hospital")
     user = User.objects.filter(username="bench-chunk").first() or User.objects.create(
         username="bench-chunk", hospital=hospital, role="admin")
-    Study.objects.filter(name="bench-chunk").delete()
+    Study.objects.filter(name=name).delete()
     uploads = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
     # The chunk is run here, by hand: nothing goes to a queue.
     with mock.patch.object(services, "inference_send", lambda **kwargs: 0):
-        outcome = services.study_create(user=user, uploads=uploads, name="bench-chunk")
+        outcome = services.study_create(user=user, uploads=uploads, name=name)
     assert outcome.study is not None, outcome.rejected
     return [str(pk) for pk in Image.objects.filter(study=outcome.study)
             .order_by("id").values_list("id", flat=True)]
