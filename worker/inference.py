@@ -396,7 +396,6 @@ class _Record:
         self.committed = True
 
 
-
 def _raise_if_a_record_failed(records: list[_Record]) -> None:
     for record in records:
         if record.future is not None and record.future.done():
