@@ -24,10 +24,12 @@ CPU worker does minus Celery, the web and the study's start and end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +81,10 @@ def main() -> int:
     cpu_ratios: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for config in args.configs:
-            overrides = _overrides(config)
-            saved = {key: getattr(settings, key) for key in overrides}
-            for key, value in overrides.items():
-                setattr(settings, key, value)
-            inference._executor = None  # thread count and priority apply to a new pool
-            before, took, after = raw(), chunk(), raw()
+            with _applied(_overrides(config)):
+                before, took, after = raw(), chunk(), raw()
             ratios.setdefault(config, []).append((before[0] + after[0]) / 2 / took[0])
             cpu_ratios.setdefault(config, []).append((before[1] + after[1]) / 2 / took[1])
-            for key, value in saved.items():
-                setattr(settings, key, value)
-            inference._executor = None
     width = max(len(c) for c in args.configs)
     print(f"\n{'configuration'.ljust(width)}  median chunk/raw  raw CPU/chunk CPU"
           "  every repetition (wall; CPU)")
@@ -99,6 +94,26 @@ def main() -> int:
               f"{statistics.median(cpu):17.2f}  " + " ".join(f"{v:.2f}" for v in values)
               + "; " + " ".join(f"{v:.2f}" for v in cpu))
     return 0
+
+
+@contextlib.contextmanager
+def _applied(overrides: dict[str, Any]) -> Iterator[None]:
+    """The settings of one configuration, for one run; the worker's thread pool is made anew
+    on both sides (its thread count and priority are fixed when it is created)."""
+    from django.conf import settings
+
+    from worker import inference
+
+    saved = {key: getattr(settings, key) for key in overrides}
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    inference._executor = None
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(settings, key, value)
+        inference._executor = None
 
 
 def _set_up_django() -> None:
@@ -130,7 +145,7 @@ def _in_pool_layout(args: argparse.Namespace) -> int:
     for k in range(processes):
         parent, child = context.Pipe()
         context.Process(target=_pool_process, daemon=True,
-                        args=(child, barrier, processes, threads, studies[k])).start()
+                        args=(child, barrier, processes, studies[k])).start()
         pipes.append(parent)
     for pipe in pipes:
         pipe.recv()  # models loaded, one chunk done
@@ -165,36 +180,28 @@ def _in_pool_layout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pool_process(pipe: Any, barrier: Any, processes: int, threads: int,
-                  image_ids: list[str]) -> None:
+def _pool_process(pipe: Any, barrier: Any, processes: int, image_ids: list[str]) -> None:
     """One pool process of a CPU worker, without Celery: told a configuration, it runs the
     chunk at the same moment as the others and reports (wall, CPU) seconds."""
     _set_up_django()
-    from django.conf import settings
-
     import worker.signals
     from worker import inference
 
-    worker.signals._pool_processes = processes  # what the worker's parent would have noted
-    os.environ.setdefault("PNEUMO_TORCH_THREADS", str(threads))
+    # What the worker's parent would have noted: load_models gives this process its share of
+    # the cores, and the I/O threads their priority, from it.
+    worker.signals._pool_processes = processes
     inference.load_models()
     inference.run_chunk(image_ids)
     _requeue(image_ids)
     pipe.send("ready")
     while (overrides := pipe.recv()) is not None:
-        saved = {key: getattr(settings, key) for key in overrides}
-        for key, value in overrides.items():
-            setattr(settings, key, value)
-        inference._executor = None
-        barrier.wait()
-        started, cpu_started = time.perf_counter(), time.process_time()
-        report = inference.run_chunk(image_ids)
-        pipe.send((time.perf_counter() - started, time.process_time() - cpu_started))
+        with _applied(overrides):
+            barrier.wait()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            report = inference.run_chunk(image_ids)
+            pipe.send((time.perf_counter() - started, time.process_time() - cpu_started))
         assert report.done == len(image_ids), report
         _requeue(image_ids)
-        for key, value in saved.items():
-            setattr(settings, key, value)
-        inference._executor = None
 
 
 def _overrides(config: str) -> dict[str, Any]:

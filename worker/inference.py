@@ -39,7 +39,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -389,7 +389,7 @@ class _Record:
     """One batch handed to the recorder."""
 
     renderings: list[_Rendering]
-    future: Future[int] | None = None
+    future: Future[int] = field(init=False)
     committed: bool = False  # its results are in the database (their heatmaps must stay)
 
     def mark_committed(self) -> None:
@@ -398,14 +398,14 @@ class _Record:
 
 def _raise_if_a_record_failed(records: list[_Record]) -> None:
     for record in records:
-        if record.future is not None and record.future.done():
+        if record.future.done():
             record.future.result()
 
 
 def _abandon(records: list[_Record], pending: list[Future[Any]]) -> None:
     """After an error or the time limit: stop what has not started, let a batch being stored
     finish, and delete the heatmaps of every batch that was not stored."""
-    futures = [record.future for record in records if record.future is not None]
+    futures = [record.future for record in records]
     for future in [*pending, *futures]:
         future.cancel()
     for future in futures:
@@ -475,7 +475,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
             records.append(record)
             record.future = recorder().submit(_record_batch, record, failures)
             stages.lap("forward")
-        done = sum(record.future.result() for record in records if record.future)
+        done = sum(record.future.result() for record in records)
         stages.lap("record")
     except BaseException:
         # An error or the time limit: the batches already stored stay (a retry claims only
