@@ -112,6 +112,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_config_args(p: argparse.ArgumentParser, config_type: type) -> None:
+    """One ``--option`` per field of a config dataclass, typed and defaulted from it."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config_type)
+    for f in dataclasses.fields(config_type):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=base, default=f.default)
+
+
+def config_from_args(args: argparse.Namespace, config_type: type) -> object:
+    import dataclasses
+
+    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
+
+
+def cmd_train_multi(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from ml.checkpoint import save_checkpoint
+    from ml.multitask import MultiTaskConfig, train
+
+    cfg = config_from_args(args, MultiTaskConfig)
+    assert isinstance(cfg, MultiTaskConfig)
+    result = train(cfg, args.data, args.scope_data, command=_command_line(args.argv))
+    out = Path(args.out)
+    save_checkpoint(out, result.model, result.meta)
+    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    print(_json.dumps(result.meta["validation"], indent=1, default=str))
+    print(f"training time {result.meta['training_seconds']:.0f} s")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate import evaluate_checkpoint, format_summary, write_json
 
@@ -236,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--log-dir", default=None, help="history/curves dir (default <out>_train/)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "train-multi",
+        help="train the shipped model: binary, etiology and scope heads on one network",
+    )
+    from ml.multitask import MultiTaskConfig
+
+    p.add_argument("--data", required=True, help="paediatric data root (as for train)")
+    p.add_argument("--scope-data", required=True,
+                   help="out-of-scope examples (e.g. ../shared/data/adult-cxr)")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    add_config_args(p, MultiTaskConfig)
+    p.set_defaults(func=cmd_train_multi)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled folder")
     p.add_argument("--checkpoint", default=None, help="default: the shipped model of --task")

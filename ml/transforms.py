@@ -42,6 +42,12 @@ class RadiographAugment:
     erase_p: float = 0.25
     erase_frac: tuple[float, float] = (0.05, 0.15)
     hflip_p: float = 0.0
+    # Collimation: black bands of up to ``collimate_frac`` of the side, top/bottom/left/right,
+    # so that how much neck and abdomen a film shows cannot stand in for the label.
+    collimate_p: float = 0.0
+    collimate_frac: float = 0.12
+    # Blur: a downsample-and-back by up to 2x, as for lower-resolution detectors or resizing.
+    blur_p: float = 0.0
 
     def __call__(
         self,
@@ -99,4 +105,42 @@ class RadiographAugment:
             for i in range(b):
                 if do[i]:
                     out[i, :, y0[i] : y0[i] + eh[i], x0[i] : x0[i] + ew[i]] = fill[i]
+        if self.blur_p > 0:
+            sel = (u(0.0, 1.0) < self.blur_p).nonzero().flatten()
+            if len(sel):
+                factor = float(u(1.3, 2.0, 1)[0])
+                small = F.interpolate(out[sel], scale_factor=1.0 / factor, mode="bilinear",
+                                      align_corners=False, antialias=True)
+                out[sel] = F.interpolate(small, size=(h, w), mode="bilinear",
+                                         align_corners=False)
+        if self.collimate_p > 0:
+            do = (u(0.0, 1.0) < self.collimate_p).tolist()
+            bands = (u(0.0, self.collimate_frac, 4 * b).view(b, 4)
+                     * torch.tensor([h, h, w, w], dtype=torch.float32)).long().tolist()
+            for i in range(b):
+                if do[i]:
+                    top, bottom, left, right = bands[i]
+                    out[i, :, :top] = 0.0
+                    out[i, :, h - bottom :] = 0.0
+                    out[i, :, :, :left] = 0.0
+                    out[i, :, :, w - right :] = 0.0
         return out.clamp_(0.0, 1.0)
+
+
+def shift_augment() -> RadiographAugment:
+    """The augmentation the shipped multi-head model is trained with: wider exposure and
+    contrast, tighter and looser framing, mirror images, collimation and blur — the changes
+    between sites that moved the first models' operating point (docs/model-card.md)."""
+    return RadiographAugment(
+        rotation_deg=12.0,
+        translate=0.08,
+        scale=(0.85, 1.35),
+        brightness=0.15,
+        contrast=0.35,
+        gamma=(0.6, 1.6),
+        noise_std=0.03,
+        erase_p=0.3,
+        hflip_p=0.5,
+        collimate_p=0.3,
+        blur_p=0.2,
+    )

@@ -1,0 +1,639 @@
+"""Training of the shipped model: one network, three heads, one forward pass.
+
+* ``binary``   normal / pneumonia
+* ``etiology`` normal / bacterial / viral
+* ``scope``    in_scope / adult / lateral / not_chest_radiograph / inverted (ml.scope)
+
+The heads are slices of one linear layer on the global-average-pooled features
+(``HEADS``), so plain CAM for any class of any head comes from the same features, and the
+serving cost is one trunk pass for all three answers.
+
+Training is shaped like torchvision's reference scripts: ``build_data``, ``build_model``,
+``build_optimizer``, ``train_one_epoch``, ``evaluate``; ``train`` runs them and chooses the
+operating points (``choose_operating_points``).
+
+Selection and operating points are chosen for an *unseen site*, not for the validation split:
+the model is selected on the mean of clean and perturbed validation AUCs (``STRESS``: exposure,
+contrast, framing, mirroring, blur — what moved the first models), and the threshold is chosen
+on the pooled perturbed validation set (``threshold_for_site``).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
+from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patient, summarize
+from ml.evaluate import compute_metrics, full_report
+from ml.models import CamModel, build_model, count_parameters
+from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
+from ml.scope import (
+    SCOPE_CLASSES,
+    ScopeRecord,
+    scope_records,
+    scope_verdicts,
+    split_scope_records,
+    synthetic_non_radiographs,
+)
+from ml.transforms import shift_augment
+
+HEADS: dict[str, list[str]] = {
+    "binary": TASK_CLASSES["binary"],
+    "etiology": TASK_CLASSES["etiology"],
+    "scope": SCOPE_CLASSES,
+}
+IGNORE = -100
+GRAY_MEAN, GRAY_STD = [0.48], [0.24]
+
+
+def head_slices(heads: dict[str, list[str]] = HEADS) -> dict[str, tuple[int, int]]:
+    """Where each head's logits lie in the model's single output vector."""
+    out, start = {}, 0
+    for name, classes in heads.items():
+        out[name] = (start, start + len(classes))
+        start += len(classes)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Perturbations of the stress test (deterministic; (B,1,S,S) in [0,1])
+# --------------------------------------------------------------------------------------------
+
+
+def _gamma(g: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: x.clamp(1e-6, 1).pow(g)
+
+
+def _contrast(c: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3), keepdim=True)
+        return ((x - m) * c + m).clamp(0, 1)
+
+    return f
+
+
+def _zoom_in(x: torch.Tensor) -> torch.Tensor:
+    s = x.shape[-1]
+    c = round(s * 0.83)
+    o = (s - c) // 2
+    return F.interpolate(x[..., o : o + c, o : o + c], size=(s, s), mode="bilinear",
+                         align_corners=False, antialias=True)
+
+
+def _zoom_out(x: torch.Tensor) -> torch.Tensor:
+    s = x.shape[-1]
+    c = round(s * 0.83)
+    o = (s - c) // 2
+    out = torch.zeros_like(x)
+    out[..., o : o + c, o : o + c] = F.interpolate(x, size=(c, c), mode="bilinear",
+                                                   align_corners=False, antialias=True)
+    return out
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    s = x.shape[-1]
+    small = F.interpolate(x, size=(s // 2, s // 2), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return F.interpolate(small, size=(s, s), mode="bilinear", align_corners=False)
+
+
+STRESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gamma 0.7 (brighter)": _gamma(0.7),
+    "gamma 1.4 (darker)": _gamma(1.4),
+    "contrast x0.7": _contrast(0.7),
+    "contrast x1.3": _contrast(1.3),
+    "zoom in (central 83 % crop)": _zoom_in,
+    "zoom out (black border)": _zoom_out,
+    "mirrored (left-right)": lambda x: x.flip(-1),
+    "blur (half resolution)": _blur,
+}
+# The subset used for model selection every epoch (the full set runs once at the end).
+SELECTION_STRESS = ("gamma 1.4 (darker)", "contrast x1.3", "zoom in (central 83 % crop)",
+                    "mirrored (left-right)")
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and data
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MultiTaskConfig:
+    arch: str = "pneumonet"
+    epochs: int = 30
+    input_size: int = 192
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    scope_weight: float = 0.5
+    invert_p: float = 0.05
+    adult_per_epoch: int = 1200
+    lateral_per_epoch: int = 160
+    other_per_epoch: int = 700
+    synthetic: int = 1800
+    seed: int = 42
+    val_fraction: float = 0.15
+    scope_val_fraction: float = 0.2
+    operating_sensitivity: float = 0.95
+    # Share of paediatric validation images (clean and perturbed) the gate may turn away.
+    scope_paediatric_out_max: float = 0.005
+    patience: int = 8
+    threads: int | None = 2
+    device: str | None = None
+    max_train_images: int | None = None
+    name: str = "pneumo-multi"
+    version: str = "2.0.0"
+    progress: bool = True
+    bootstrap: int = 1000
+
+
+@dataclass
+class Split:
+    """Images (uint8, N x S x S) and per-head labels (IGNORE where a head has no label)."""
+
+    images: torch.Tensor
+    binary: torch.Tensor
+    etiology: torch.Tensor
+    scope: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def select(self, idx: torch.Tensor) -> Split:
+        return Split(self.images[idx], self.binary[idx], self.etiology[idx], self.scope[idx])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self.images[idx].float().div_(255.0).unsqueeze(1)
+        return x, {"binary": self.binary[idx], "etiology": self.etiology[idx],
+                   "scope": self.scope[idx]}
+
+
+def _decode_all(paths: Sequence[Path], size: int, log: Callable[[str], None]
+                ) -> tuple[torch.Tensor, list[int]]:
+    images = torch.empty((len(paths), size, size), dtype=torch.uint8)
+    kept: list[int] = []
+    for i, p in enumerate(paths):
+        try:
+            t = resize_pixels(decode_image(p).pixels, size)
+        except ImageDecodeError as exc:
+            log(f"skipped unreadable image {p}: {exc}")
+            continue
+        images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
+        kept.append(i)
+    return images[: len(kept)].clone(), kept
+
+
+def _paediatric_split(records: Sequence[Record], size: int, log: Callable[[str], None]
+                      ) -> tuple[Split, list[Record]]:
+    images, kept = _decode_all([r.path for r in records], size, log)
+    recs = [records[i] for i in kept]
+    eti = [label_index(r.label, "etiology") for r in recs]
+    return Split(
+        images,
+        torch.tensor([label_index(r.label, "binary") for r in recs], dtype=torch.long),
+        torch.tensor([IGNORE if e is None else e for e in eti], dtype=torch.long),
+        torch.zeros(len(recs), dtype=torch.long),
+    ), recs
+
+
+def _scope_split(images: torch.Tensor, reasons: Sequence[str]) -> Split:
+    n = len(images)
+    ignore = torch.full((n,), IGNORE, dtype=torch.long)
+    return Split(images, ignore, ignore.clone(),
+                 torch.tensor([SCOPE_CLASSES.index(r) for r in reasons], dtype=torch.long))
+
+
+def _concat(parts: Sequence[Split]) -> Split:
+    return Split(*(torch.cat([getattr(p, f) for p in parts])
+                   for f in ("images", "binary", "etiology", "scope")))
+
+
+@dataclass
+class Data:
+    train_paed: Split
+    train_scope: Split
+    val_paed: Split
+    val_scope: Split  # adult, lateral, not-chest (inverted is made from val_paed)
+    summary: dict[str, Any]
+
+
+def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
+               log: Callable[[str], None]) -> Data:
+    records = [r for r in discover(paediatric_root) if label_index(r.label, "binary") is not None]
+    train_recs, val_recs = split_by_patient(records, cfg.val_fraction, cfg.seed)
+    if cfg.max_train_images and len(train_recs) > cfg.max_train_images:
+        rng = np.random.default_rng(cfg.seed)
+        keep = sorted(rng.choice(len(train_recs), cfg.max_train_images, replace=False))
+        train_recs = [train_recs[i] for i in keep]
+    log(f"decoding {len(train_recs)} + {len(val_recs)} paediatric images at {cfg.input_size}px")
+    train_paed, train_recs = _paediatric_split(train_recs, cfg.input_size, log)
+    val_paed, val_recs = _paediatric_split(val_recs, cfg.input_size, log)
+
+    neg = scope_records(scope_root)
+    neg_train, neg_val = split_scope_records(neg, cfg.scope_val_fraction, cfg.seed)
+    if cfg.max_train_images:
+        rng = np.random.default_rng(cfg.seed)
+        neg_train = [neg_train[i] for i in sorted(
+            rng.choice(len(neg_train), min(len(neg_train), cfg.max_train_images), replace=False))]
+    log(f"decoding {len(neg_train)} + {len(neg_val)} out-of-scope images")
+
+    def scope_part(recs: Sequence[ScopeRecord]) -> tuple[Split, list[ScopeRecord]]:
+        imgs, kept = _decode_all([r.path for r in recs], cfg.input_size, log)
+        kept_recs = [recs[i] for i in kept]
+        return _scope_split(imgs, [r.reason for r in kept_recs]), kept_recs
+
+    neg_train_split, neg_train = scope_part(neg_train)
+    neg_val_split, neg_val = scope_part(neg_val)
+    # Synthetic non-radiographs; the radiograph crops come from each side's own images only.
+    n_syn_val = max(1, round(cfg.synthetic * cfg.scope_val_fraction))
+    syn_train = synthetic_non_radiographs(
+        cfg.synthetic, cfg.input_size, cfg.seed,
+        [t.numpy() / 255.0 for t in train_paed.images[:400]]
+        + [t.numpy() / 255.0 for t in neg_train_split.images[:400]])
+    syn_val = synthetic_non_radiographs(
+        n_syn_val, cfg.input_size, cfg.seed + 1,
+        [t.numpy() / 255.0 for t in val_paed.images[:200]]
+        + [t.numpy() / 255.0 for t in neg_val_split.images[:200]])
+    train_scope = _concat([neg_train_split, _scope_split(
+        torch.from_numpy(syn_train), ["not_chest_radiograph"] * len(syn_train))])
+    val_scope = _concat([neg_val_split, _scope_split(
+        torch.from_numpy(syn_val), ["not_chest_radiograph"] * len(syn_val))])
+
+    def count(split: Split) -> dict[str, int]:
+        c = torch.bincount(split.scope, minlength=len(SCOPE_CLASSES)).tolist()
+        return {k: int(v) for k, v in zip(SCOPE_CLASSES, c, strict=True) if v}
+
+    summary = {
+        "paediatric": {
+            "train": summarize(train_recs, "etiology"),
+            "val": summarize(val_recs, "etiology"),
+            "split": "by patient, stratified by label",
+            "split_seed": cfg.seed,
+            "val_fraction": cfg.val_fraction,
+        },
+        "scope": {
+            "train": count(train_scope),
+            "val": count(val_scope),
+            "split": "by file, stratified by reason (no patient identifiers)",
+            "synthetic_not_chest": {"train": len(syn_train), "val": len(syn_val)},
+        },
+    }
+    return Data(train_paed, train_scope, val_paed, val_scope, summary)
+
+
+# --------------------------------------------------------------------------------------------
+# Model, optimiser, one epoch, evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def build_model_for(cfg: MultiTaskConfig) -> CamModel:
+    return build_model(cfg.arch, sum(len(c) for c in HEADS.values()))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: MultiTaskConfig, steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    # No weight decay on BatchNorm and bias parameters (decaying BN scales fights the norm).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
+                                                pct_start=0.2)
+    return opt, sched
+
+
+def balanced_weights(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """n / (k * n_c) over the labelled samples: every class weighs the same in the loss."""
+    counts = torch.bincount(labels[labels != IGNORE], minlength=k).float()
+    return counts.sum() / (k * counts.clamp(min=1))
+
+
+def multitask_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor],
+                   weights: dict[str, torch.Tensor | None], cfg: MultiTaskConfig
+                   ) -> torch.Tensor:
+    total = logits.new_zeros(())
+    for name, (a, b) in head_slices().items():
+        y = targets[name]
+        if not bool((y != IGNORE).any()):
+            continue
+        loss = F.cross_entropy(logits[:, a:b].float(), y, weight=weights[name],
+                               ignore_index=IGNORE, label_smoothing=cfg.label_smoothing)
+        total = total + (cfg.scope_weight if name == "scope" else 1.0) * loss
+    return total
+
+
+def epoch_indices(data: Data, cfg: MultiTaskConfig, gen: torch.Generator
+                  ) -> tuple[Split, torch.Tensor]:
+    """This epoch's samples: every paediatric training image plus a fresh draw of
+    out-of-scope examples per reason (rare reasons are drawn with replacement)."""
+    parts = [data.train_paed]
+    scope = data.train_scope
+    for reason, n in (("adult", cfg.adult_per_epoch), ("lateral", cfg.lateral_per_epoch),
+                      ("not_chest_radiograph", cfg.other_per_epoch)):
+        pool = (scope.scope == SCOPE_CLASSES.index(reason)).nonzero().flatten()
+        if len(pool) == 0 or n <= 0:
+            continue
+        pick = pool[torch.randint(len(pool), (n,), generator=gen)]
+        parts.append(scope.select(pick))
+    merged = _concat(parts)
+    return merged, torch.randperm(len(merged), generator=gen)
+
+
+def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
+                    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                    weights: dict[str, torch.Tensor | None], gen: torch.Generator,
+                    device: torch.device, epoch: int) -> float:
+    model.train()
+    augment = shift_augment()
+    merged, perm = epoch_indices(data, cfg, gen)
+    inverted = SCOPE_CLASSES.index("inverted")
+    running, seen = 0.0, 0
+    from tqdm import tqdm
+
+    steps = len(perm) // cfg.batch_size
+    for step in tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", leave=False,
+                     disable=not cfg.progress, file=sys.stderr):
+        idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x, y = merged.batch(idx)
+        x = augment(x, generator=gen)
+        # Negative grey scale (a MONOCHROME1 image shown as MONOCHROME2, an inverted export):
+        # made from any image of the batch, it has no pneumonia label.
+        flip = torch.rand(len(idx), generator=gen) < cfg.invert_p
+        if bool(flip.any()):
+            x[flip] = 1.0 - x[flip]
+            y = {k: v.clone() for k, v in y.items()}
+            y["scope"][flip] = inverted
+            y["binary"][flip] = IGNORE
+            y["etiology"][flip] = IGNORE
+        x = normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device)
+        _, logits = model(x)
+        loss = multitask_loss(logits, {k: v.to(device) for k, v in y.items()}, weights, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += float(loss.item()) * len(idx)
+        seen += len(idx)
+    return running / max(seen, 1)
+
+
+@torch.inference_mode()
+def predict_logits(model: CamModel, images: torch.Tensor, device: torch.device,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   batch_size: int = 128) -> torch.Tensor:
+    """Logits of the whole output vector for uint8 (N,S,S) images, optionally perturbed."""
+    model.eval()
+    outs = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].float().div_(255.0).unsqueeze(1)
+        if transform is not None:
+            x = transform(x)
+        _, logits = model(normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device))
+        outs.append(logits.float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0, sum(len(c) for c in HEADS.values()))
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else 0.5
+
+
+def head_probs(logits: torch.Tensor, name: str, temperature: float = 1.0) -> np.ndarray:
+    a, b = head_slices()[name]
+    return apply_temperature(logits[:, a:b], temperature)
+
+
+def evaluate(model: CamModel, data: Data, device: torch.device,
+             stress: Sequence[str] = SELECTION_STRESS) -> dict[str, float]:
+    """Selection metrics: clean and perturbed pneumonia AUC, etiology macro AUC, and the
+    gate's AUC (paediatric, clean and perturbed, against every out-of-scope example)."""
+    val = data.val_paed
+    is_pneu = (val.binary == 1).numpy()
+    clean = predict_logits(model, val.images, device)
+    out: dict[str, float] = {"val_auc": _auc(head_probs(clean, "binary")[:, 1], is_pneu)}
+    eti = head_probs(clean, "etiology")
+    from sklearn.metrics import roc_auc_score
+
+    out["val_etiology_macro_auc"] = float(roc_auc_score(val.etiology.numpy(), eti,
+                                                        multi_class="ovr", average="macro"))
+    out["val_etiology_accuracy_argmax"] = float((eti.argmax(1) == val.etiology.numpy()).mean())
+    p_in = [head_probs(clean, "scope")[:, 0]]
+    stress_aucs = []
+    for name in stress:
+        logits = predict_logits(model, val.images, device, STRESS[name])
+        stress_aucs.append(_auc(head_probs(logits, "binary")[:, 1], is_pneu))
+        p_in.append(head_probs(logits, "scope")[:, 0])
+    out["val_stress_auc"] = float(np.mean(stress_aucs)) if stress_aucs else out["val_auc"]
+    neg = head_probs(predict_logits(model, data.val_scope.images, device), "scope")[:, 0]
+    inv = head_probs(predict_logits(model, val.images, device, lambda x: 1.0 - x),
+                     "scope")[:, 0]
+    paed = np.concatenate(p_in)
+    others = np.concatenate([neg, inv])
+    out["val_scope_auc"] = _auc(np.concatenate([paed, others]),
+                                np.r_[np.ones(len(paed)), np.zeros(len(others))])
+    out["score"] = (0.4 * out["val_stress_auc"] + 0.2 * out["val_auc"]
+                    + 0.2 * out["val_etiology_macro_auc"] + 0.2 * out["val_scope_auc"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Operating points
+# --------------------------------------------------------------------------------------------
+
+
+def threshold_for_site(scores: np.ndarray, positive: np.ndarray, sensitivity: float) -> float:
+    """The threshold for a new site, chosen on *perturbed* validation images pooled together:
+    the Youden-optimal threshold when it keeps ``sensitivity``, else the largest threshold
+    that does. On same-centre images alone the threshold sits where those images' scores
+    happen to fall; pooled over exposure, contrast and framing changes it sits where the
+    classes separate under the changes a new site brings."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(positive, scores)
+    cap = threshold_for_sensitivity(scores, positive, sensitivity)
+    finite = np.isfinite(thr)
+    j = np.where(finite & (tpr >= sensitivity), tpr - fpr, -np.inf)
+    best = float(thr[int(np.argmax(j))]) if np.isfinite(j).any() else cap
+    return float(min(best, cap)) if best > cap else float(best)
+
+
+def choose_operating_points(model: CamModel, data: Data, cfg: MultiTaskConfig,
+                            device: torch.device) -> dict[str, Any]:
+    val = data.val_paed
+    clean = predict_logits(model, val.images, device)
+    perturbed = {name: predict_logits(model, val.images, device, f) for name, f in STRESS.items()}
+    pooled = torch.cat([clean, *perturbed.values()])
+    n_copies = 1 + len(perturbed)
+    heads: dict[str, dict[str, Any]] = {}
+    for name in ("binary", "etiology"):
+        a, b = head_slices()[name]
+        labels = getattr(val, name)
+        mask = labels != IGNORE
+        temperature = fit_temperature(clean[mask][:, a:b], labels[mask])
+        probs = apply_temperature(pooled[:, a:b], temperature)
+        pos = (labels != 0).numpy().astype(bool)
+        threshold = threshold_for_site(1.0 - probs[:, 0], np.tile(pos, n_copies),
+                                       cfg.operating_sensitivity)
+        heads[name] = {"classes": HEADS[name], "slice": [a, b], "temperature": temperature,
+                       "threshold": threshold}
+    # Gate: temperature on all validation scope examples; threshold so that at most
+    # scope_paediatric_out_max of paediatric images (clean and perturbed) are turned away.
+    a, b = head_slices()["scope"]
+    neg = predict_logits(model, data.val_scope.images, device)
+    inv = predict_logits(model, val.images, device, lambda x: 1.0 - x)
+    scope_logits = torch.cat([pooled, neg, inv])
+    scope_labels = torch.cat([torch.zeros(len(pooled), dtype=torch.long), data.val_scope.scope,
+                              torch.full((len(inv),), SCOPE_CLASSES.index("inverted"))])
+    t_scope = fit_temperature(scope_logits[:, a:b], scope_labels)
+    p_in = apply_temperature(pooled[:, a:b], t_scope)[:, 0]
+    threshold = float(min(0.5, np.quantile(p_in, cfg.scope_paediatric_out_max)))
+    heads["scope"] = {"classes": SCOPE_CLASSES, "slice": [a, b], "temperature": t_scope,
+                      "threshold": threshold}
+    return heads
+
+
+def validation_report(model: CamModel, data: Data, heads: dict[str, Any],
+                      device: torch.device, n_boot: int, seed: int) -> dict[str, Any]:
+    """Metrics at the chosen operating points: each head on the clean split, the stress test,
+    and the gate's out-of-scope rates per reason."""
+    val = data.val_paed
+    clean = predict_logits(model, val.images, device)
+    report: dict[str, Any] = {}
+    for name in ("binary", "etiology"):
+        h = heads[name]
+        labels = getattr(val, name).numpy()
+        probs = head_probs(clean, name, h["temperature"])
+        rep = full_report(probs, labels, HEADS[name], h["threshold"], n_boot=n_boot, seed=seed)
+        rep.pop("report", None)
+        report[name] = rep
+    stress: dict[str, Any] = {}
+    scope_t, scope_thr = heads["scope"]["temperature"], heads["scope"]["threshold"]
+    b = heads["binary"]
+    for name, f in {"none": None, **STRESS}.items():
+        logits = predict_logits(model, val.images, device, f)
+        m = compute_metrics(head_probs(logits, "binary", b["temperature"]), val.binary.numpy(),
+                            HEADS["binary"], b["threshold"])
+        in_scope, _ = scope_verdicts(head_probs(logits, "scope", scope_t), scope_thr)
+        stress[name] = {k: m[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")}
+        stress[name]["out_of_scope_rate"] = float(1.0 - in_scope.mean())
+    report["stress"] = stress
+    gate: dict[str, Any] = {}
+    neg_logits = predict_logits(model, data.val_scope.images, device)
+    inv_logits = predict_logits(model, val.images, device, lambda x: 1.0 - x)
+    groups = {"paediatric (clean)": clean, "inverted paediatric": inv_logits}
+    for i, reason in enumerate(SCOPE_CLASSES):
+        mask = data.val_scope.scope == i
+        if bool(mask.any()):
+            groups[f"{reason} examples"] = neg_logits[mask]
+    for group, logits in groups.items():
+        in_scope, reason_idx = scope_verdicts(head_probs(logits, "scope", scope_t), scope_thr)
+        counts = np.bincount(reason_idx, minlength=len(SCOPE_CLASSES))
+        gate[group] = {"n": len(logits), "out_of_scope_rate": float(1.0 - in_scope.mean()),
+                       "reasons": {SCOPE_CLASSES[j]: int(c) for j, c in enumerate(counts)
+                                   if c and j > 0}}
+    report["scope"] = gate
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MultiTaskResult:
+    model: CamModel
+    meta: dict[str, Any]
+    history: list[dict[str, float]]
+
+
+def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
+          command: str = "", log: Callable[[str], None] | None = None,
+          data: Data | None = None) -> MultiTaskResult:
+    from ml.engine import seed_everything, select_device
+
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    t_start = time.time()
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    data = data or build_data(cfg, paediatric_root, scope_root, log)
+    log(f"data {data.summary}")
+    model = build_model_for(cfg).to(device)
+    log(f"{cfg.arch}: {count_parameters(model) / 1e6:.2f} M parameters, device {device}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    per_epoch = (len(data.train_paed) + cfg.adult_per_epoch + cfg.lateral_per_epoch
+                 + cfg.other_per_epoch) // cfg.batch_size
+    opt, sched = build_optimizer(model, cfg, max(10, per_epoch * cfg.epochs + 1))
+    weights: dict[str, torch.Tensor | None] = {
+        "binary": balanced_weights(data.train_paed.binary, 2).to(device),
+        "etiology": balanced_weights(data.train_paed.etiology, 3).to(device),
+        "scope": None,
+    }
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        train_loss = train_one_epoch(model, data, cfg, opt, sched, weights, gen, device, epoch)
+        row = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]), "train_loss": train_loss,
+               **evaluate(model, data, device), "seconds": time.time() - t0}
+        history.append(row)
+        improved = row["score"] > best_score + 1e-4
+        if improved:
+            best_score, best_epoch = row["score"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in row.items()) + (" *" if improved else ""))
+        if epoch - best_epoch >= cfg.patience:
+            log(f"early stopping: no improvement for {cfg.patience} epochs")
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    heads = choose_operating_points(model, data, cfg, device)
+    log(f"best epoch {best_epoch}; operating points {heads}")
+    report = validation_report(model, data, heads, device, cfg.bootstrap, cfg.seed)
+    meta: dict[str, Any] = {
+        "arch": cfg.arch,
+        "task": "multi",
+        "heads": heads,
+        # The binary head's operating point at the top level: what single-task readers use.
+        "classes": HEADS["binary"],
+        "threshold": heads["binary"]["threshold"],
+        "temperature": heads["binary"]["temperature"],
+        "preprocessing": {"input_size": cfg.input_size, "mean": GRAY_MEAN, "std": GRAY_STD,
+                          "channels": 1},
+        "operating_point": {
+            "target": "sensitivity", "value": cfg.operating_sensitivity,
+            "rule": "Youden-optimal while sensitivity >= target",
+            "chosen_on": "validation split, clean and 8 perturbations pooled (an unseen site)",
+            "scope": f"P(in_scope) threshold keeps >= {1 - cfg.scope_paediatric_out_max:.3f} "
+                     "of paediatric validation images (clean and perturbed) in scope",
+        },
+        "data": data.summary,
+        "validation": report,
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "history": history,
+        "config": asdict(cfg),
+        "name": cfg.name,
+        "version": cfg.version,
+        "command": command,
+        "training_seconds": round(time.time() - t_start, 1),
+        "device": str(device),
+        "torch_version": str(torch.__version__),
+        "parameters": count_parameters(model),
+    }
+    return MultiTaskResult(model.cpu(), meta, history)
