@@ -116,3 +116,70 @@ def run_bench(
             f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
         )
     return rows
+
+
+def run_versus(
+    checkpoint: str | Path,
+    versus: Sequence[str | Path],
+    data: str | Path | None = None,
+    batch_size: int = 32,
+    images: int = 256,
+    rounds: int = 5,
+    device: str | None = None,
+    threads: int | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Side by side in one run: ``checkpoint`` against the pipeline of ``versus`` checkpoints
+    (the first with CAM, the others without, as the worker served binary + etiology), each
+    round decoding the same files, with all answers. Rounds alternate so that drift of the
+    machine's speed hits both alike; the ratio is the median of per-round ratios."""
+    one = Predictor.from_checkpoint(checkpoint, device=device, threads=threads)
+    many = [Predictor.from_checkpoint(c, device=device, threads=threads) for c in versus]
+    files = _default_files(data, images)
+    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    sync = torch.cuda.synchronize if one.device.type == "cuda" else (lambda: None)
+
+    def run_one() -> None:
+        for c in chunks:
+            one.predict_tensors(torch.stack([one.to_tensor(f) for f in c]), with_cam=True)
+
+    def run_many() -> None:
+        for c in chunks:
+            x = torch.stack([many[0].to_tensor(f) for f in c])
+            for k, p in enumerate(many):
+                p.predict_tensors(x if p.spec == many[0].spec else
+                                  torch.stack([p.to_tensor(f) for f in c]), with_cam=k == 0)
+
+    for fn in (run_one, run_many):  # warm-up: allocator, oneDNN kernels
+        fn()
+    n = sum(len(c) for c in chunks)
+    rates: dict[str, list[float]] = {"one": [], "many": []}
+    for _ in range(rounds):
+        for key, fn in (("many", run_many), ("one", run_one)):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            rates[key].append(n / (time.perf_counter() - t0))
+    ratios = [a / b for a, b in zip(rates["one"], rates["many"], strict=True)]
+    out = {
+        "checkpoint": str(checkpoint),
+        "versus": [str(v) for v in versus],
+        "images": n,
+        "batch_size": batch_size,
+        "device": str(one.device),
+        "threads": torch.get_num_threads(),
+        "images_per_second": round(float(np.median(rates["one"])), 1),
+        "images_per_second_versus": round(float(np.median(rates["many"])), 1),
+        "ratio": round(float(np.median(ratios)), 3),
+        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+    }
+    if verbose:
+        print(f"{'pipeline':<40} {'img/s (median of ' + str(rounds) + ')':>24}")
+        print(f"{' + '.join(Path(v).name for v in versus):<40} "
+              f"{out['images_per_second_versus']:>24}")
+        print(f"{Path(checkpoint).name:<40} {out['images_per_second']:>24}")
+        print(f"ratio {out['ratio']} (per-round {out['ratio_range'][0]}-{out['ratio_range'][1]})"
+              f"; decode + forward + CAM + every answer, batch {batch_size}, {one.device}, "
+              f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    return out

@@ -35,10 +35,17 @@ def _normalise_maps(cams: torch.Tensor) -> torch.Tensor:
 
 
 def cam_from_features(
-    feats: torch.Tensor, linear: torch.nn.Linear, class_idx: torch.Tensor
+    feats: torch.Tensor,
+    linear: torch.nn.Linear,
+    class_idx: torch.Tensor,
+    rows: slice | None = None,
 ) -> torch.Tensor:
-    """Plain CAM (B,h,w) in [0,1] for ``class_idx`` (B,) from GAP+linear features (B,K,h,w)."""
-    weight = linear.weight
+    """Plain CAM (B,h,w) in [0,1] for ``class_idx`` (B,) from GAP+linear features (B,K,h,w).
+
+    ``rows`` selects one head of a multi-head linear layer: the classes are centred within
+    that head (its softmax), and ``class_idx`` counts from the head's first row.
+    """
+    weight = linear.weight if rows is None else linear.weight[rows]
     w = (weight[class_idx] - weight.mean(dim=0, keepdim=True)).to(feats.dtype)  # (B, K)
     cams = torch.einsum("bk,bkhw->bhw", w, feats)
     return _normalise_maps(cams.float())

@@ -118,12 +118,20 @@ def load_checkpoint(
     return payload["state_dict"], meta
 
 
+def output_size(meta: Mapping[str, Any]) -> int:
+    """Width of the model's output: all heads of a multi-head model, else its classes."""
+    heads = meta.get("heads")
+    if meta.get("task") == "multi" and heads:
+        return sum(len(h["classes"]) for h in heads.values())
+    return len(meta["classes"])
+
+
 def model_from_checkpoint(
     path: str | Path,
     map_location: str | torch.device = "cpu",
 ) -> tuple[CamModel, dict[str, Any]]:
     state, meta = load_checkpoint(path, map_location)
-    model = build_model(meta["arch"], len(meta["classes"]), pretrained=False)
+    model = build_model(meta["arch"], output_size(meta), pretrained=False)
     model.load_state_dict(state)
     model.eval()
     return model, meta

@@ -164,6 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plots_dir=args.plots,
         batch_size=args.batch_size,
         threshold=args.threshold,
+        task=args.task,
     )
     print(f"checkpoint {ckpt} on {args.data}:")
     print(format_summary(rep))
@@ -183,6 +184,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.out,
         sensitivity=args.sensitivity,
         fit_temperature_too=not args.keep_temperature,
+        task=args.task,
     )
     print(
         f"wrote {args.out}: threshold {meta['threshold']:.4f}, temperature "
@@ -197,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ml.preprocess import ImageDecodeError, decode_image
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
-    pred = Predictor.from_checkpoint(ckpt, device=args.device)
+    pred = Predictor.from_checkpoint(ckpt, device=args.device, head=args.task)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
@@ -210,15 +212,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
             rows.append({"image": path, "error": str(exc)})
             status = 1
             continue
-        (p,) = pred.predict([decoded.pixels], with_cam=heat_dir is not None)
-        row = {
+        (p,) = pred.predict([decoded.pixels], with_cam=heat_dir is not None,
+                            metadata=[decoded.metadata])
+        # Out of scope: no label unless asked for (--scope warn), as in the product.
+        withheld = p.scope is not None and not p.scope.in_scope and args.scope == "enforce"
+        row: dict[str, object] = {
             "image": path,
-            "label": p.label,
+            "label": None if withheld else p.label,
             "score": round(p.score, 4),
             "threshold": round(p.threshold, 4),
             "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
             "bbox": [round(v, 3) for v in p.bbox] if p.bbox else None,
         }
+        if p.etiology is not None:
+            row["etiology"] = {"label": None if withheld else p.etiology.label,
+                               "probabilities": {k: round(v, 4) for k, v in
+                                                 p.etiology.probabilities.items()}}
+        if p.scope is not None:
+            row["scope"] = {"in_scope": p.scope.in_scope, "reason": p.scope.reason}
         if heat_dir and p.heatmap is not None:
             out = heat_dir / (Path(path).stem + "_cam.png")
             out.write_bytes(overlay_png(decoded.pixels, p.heatmap, bbox=p.bbox))
@@ -248,9 +259,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ml.bench import run_bench
+    from ml.bench import run_bench, run_versus
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
+    if args.versus:
+        result = run_versus(ckpt, args.versus, data=args.data, batch_size=args.batch_sizes[-1],
+                            rounds=args.repeats, device=args.device, threads=args.threads)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     rows = run_bench(
         ckpt,
         data=args.data,
@@ -327,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--task", choices=TASKS, default="binary")
     p.add_argument("--heatmaps", default=None, help="write CAM overlays (PNG) here")
+    p.add_argument(
+        "--scope", choices=("enforce", "warn"), default="enforce",
+        help="out-of-scope images: enforce = no label (default), warn = label and verdict",
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_predict)
 
@@ -362,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--versus", nargs="+", default=None, metavar="CHECKPOINT",
+        help="compare, side by side, with the pipeline of these checkpoints (first one with "
+        "CAM), e.g. ml/weights/v1/binary.pt ml/weights/v1/etiology.pt; batch: last of "
+        "--batch-sizes",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -28,6 +28,7 @@ from ml.calibration import (
     threshold_for_sensitivity,
 )
 from ml.data import TASK_CLASSES, CachedImageDataset, Record, split_by_patient, summarize
+from ml.device import select_device
 from ml.evaluate import compute_metrics, full_report
 from ml.models import CamModel, arch_channels, build_model, count_parameters
 from ml.preprocess import normalize
@@ -107,12 +108,6 @@ def seed_everything(seed: int) -> None:
     # warn_only: a few CUDA kernels have no deterministic variant; on CPU everything does.
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
-
-
-def select_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def preprocessing_spec(arch: str, input_size: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from sklearn.metrics import (
 )
 
 from ml.calibration import positive_score
+from ml.decision import decide
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -44,20 +46,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 
 
 def predict_labels(probs: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
-    """The product's decision rule (same as ml.predictor).
-
-    binary: pneumonia iff P(pneumonia) >= threshold. etiology: normal iff
-    1 - P(normal) < threshold, else the more likely of bacterial/viral.
-    """
-    probs = np.asarray(probs)
-    classes = list(classes)
-    score = positive_score(probs, classes)
-    if len(classes) == 2:
-        return (score >= threshold).astype(int)
-    normal = classes.index("normal")
-    masked = probs.copy()
-    masked[:, normal] = -np.inf
-    return np.where(score >= threshold, masked.argmax(axis=1), normal)
+    """The product's decision rule (``ml.decision.decide``, shared with ml.predictor)."""
+    return decide(np.asarray(probs), list(classes).index("normal"), threshold)[0]
 
 
 def _decisions(
@@ -205,6 +195,12 @@ def format_summary(rep: dict[str, Any]) -> str:
         f"{'confusion_matrix':>18}: {rep['confusion_matrix']} (rows=true "
         f"{rep['classes']}, cols=predicted)"
     )
+    scope = rep.get("scope")
+    if scope:
+        lines.append(
+            f"{'out of scope':>18}: {scope['out_of_scope']} of {scope['n']} "
+            f"({scope['out_of_scope_rate']:.1%}) {scope['reasons']} (metrics include them)"
+        )
     return "\n".join(lines)
 
 
@@ -306,49 +302,81 @@ def _eval_split(data: str | Path, split: str | None) -> str | tuple[str, ...] | 
     return None
 
 
+@dataclass
+class CheckpointOutputs:
+    """A checkpoint's outputs over a labelled folder, through the serving path."""
+
+    probs: np.ndarray  # calibrated, the evaluated head
+    logits: np.ndarray  # raw, the evaluated head
+    labels: np.ndarray
+    predictor: Any
+    skipped: list[str]
+    # Scope verdicts (multi-head checkpoints): per image, None for single-task models.
+    scope: list[Any] = field(default_factory=list)
+
+
 def checkpoint_probs(
     checkpoint: str | Path,
     data: str | Path,
     split: str | None = None,
     batch_size: int = 64,
     device: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, list[str]]:
-    """(calibrated probs, raw logits, labels, predictor, skipped) over a labelled folder/CSV.
+    task: str | None = None,
+) -> CheckpointOutputs:
+    """Calibrated probabilities of ``task``'s head (default: the checkpoint's own task, or
+    binary for a multi-head checkpoint) over a labelled folder/CSV.
 
-    Images go through the serving path (decode_image -> to_model_tensor), not the training
-    cache, so this measures exactly what the product computes.
+    Images go through the serving path (decode_image -> to_model_tensor, DICOM attributes to
+    the scope gate), not the training cache, so this measures exactly what the product
+    computes.
     """
     import torch
 
     from ml.data import discover, label_index, task_records
     from ml.predictor import Predictor
-    from ml.preprocess import ImageDecodeError
+    from ml.preprocess import ImageDecodeError, decode_image
 
-    pred = Predictor.from_checkpoint(checkpoint, device=device)
+    pred = Predictor.from_checkpoint(checkpoint, device=device, head=task)
     records = task_records(discover(data, split=_eval_split(data, split)), pred.task)
     if not records:
         raise ValueError(f"no labelled images for task {pred.task!r} under {data}")
     logits_all: list[torch.Tensor] = []
     labels: list[int] = []
     skipped: list[str] = []
+    scope: list[Any] = []
     for start in range(0, len(records), batch_size):
-        xs = []
+        xs, metas = [], []
         for r in records[start : start + batch_size]:
             try:
-                xs.append(pred.to_tensor(r.path))
+                decoded = decode_image(r.path)
             except ImageDecodeError as exc:
                 skipped.append(f"{r.path}: {exc}")
                 continue
+            xs.append(pred.to_tensor(decoded.pixels))
+            metas.append(decoded.metadata)
             idx = label_index(r.label, pred.task)
             assert idx is not None
             labels.append(idx)
         if xs:
             with torch.inference_mode():
                 _, logits = pred.model(torch.stack(xs).to(pred.device))
-            logits_all.append(logits.float().cpu())
+            logits_all.append(pred.head_logits(logits).float().cpu())
+            scope.extend(pred._scopes(logits, metas, len(xs)))
     logits_t = torch.cat(logits_all)
     probs = torch.softmax(logits_t / pred.temperature, dim=1).numpy()
-    return probs, logits_t.numpy(), np.asarray(labels), pred, skipped
+    return CheckpointOutputs(probs, logits_t.numpy(), np.asarray(labels), pred, skipped, scope)
+
+
+def scope_summary(verdicts: Sequence[Any]) -> dict[str, Any] | None:
+    """Out-of-scope rate and reasons over an evaluation (None for single-task models)."""
+    if not verdicts:
+        return None
+    out = [v for v in verdicts if not v.in_scope]
+    reasons: dict[str, int] = {}
+    for v in out:
+        reasons[v.reason] = reasons.get(v.reason, 0) + 1
+    return {"n": len(verdicts), "out_of_scope": len(out),
+            "out_of_scope_rate": len(out) / len(verdicts), "reasons": reasons}
 
 
 def evaluate_checkpoint(
@@ -360,9 +388,16 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     threshold: float | None = None,
     device: str | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """Full metrics report of a checkpoint on labelled data at its stored threshold."""
-    probs, _, labels, pred, skipped = checkpoint_probs(checkpoint, data, split, batch_size, device)
+    """Full metrics report of a checkpoint on labelled data at its stored threshold.
+
+    The metrics are computed over *all* images, in scope or not (what the model would say
+    if the gate did not hold it back); the gate's out-of-scope rate is reported beside them.
+    """
+    outputs = checkpoint_probs(checkpoint, data, split, batch_size, device, task)
+    probs, labels, pred, skipped = (outputs.probs, outputs.labels, outputs.predictor,
+                                    outputs.skipped)
     thr = pred.threshold if threshold is None else float(threshold)
     rep = compute_metrics(probs, labels, pred.classes, thr)
     if n_boot > 0:
@@ -375,6 +410,7 @@ def evaluate_checkpoint(
             "task": pred.task,
             "data": str(data),
             "skipped": skipped,
+            "scope": scope_summary(outputs.scope),
         }
     )
     if plots_dir:
@@ -388,6 +424,7 @@ def recalibrate_checkpoint(
     out: str | Path,
     sensitivity: float | None = None,
     fit_temperature_too: bool = True,
+    task: str | None = None,
 ) -> dict[str, Any]:
     """Refit temperature (optional) and the operating threshold on a site's labelled images
     and write a new checkpoint; the weights are unchanged."""
@@ -396,7 +433,9 @@ def recalibrate_checkpoint(
     from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
     from ml.checkpoint import save_checkpoint
 
-    _, logits, labels, pred, skipped = checkpoint_probs(checkpoint, data)
+    outputs = checkpoint_probs(checkpoint, data, task=task)
+    logits, labels, pred, skipped = (outputs.logits, outputs.labels, outputs.predictor,
+                                     outputs.skipped)
     meta = dict(pred.meta)
     target = float(
         sensitivity
@@ -433,6 +472,14 @@ def recalibrate_checkpoint(
             },
         }
     )
+    if pred.multi:
+        # The recalibrated head gets the new operating point; the top level mirrors binary's.
+        heads = {k: dict(v) for k, v in meta["heads"].items()}
+        heads[pred.head].update(threshold=threshold, temperature=temperature)
+        meta["heads"] = heads
+        if pred.head != "binary":
+            meta["threshold"] = heads["binary"]["threshold"]
+            meta["temperature"] = heads["binary"]["temperature"]
     meta.pop("created_at", None)
     save_checkpoint(out, pred.model.cpu(), meta)
     return meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,29 @@ import torch
 
 from ml.cam import bounding_box, cam_from_features, compute_cams, upsample
 from ml.checkpoint import model_from_checkpoint
+from ml.decision import decide
+from ml.device import select_device
 from ml.preprocess import decode_image, spec_values, to_model_tensor
+from ml.scope import ScopeVerdict, scope_verdict
 
 Source = str | Path | bytes | np.ndarray
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadPrediction:
+    """A second head's answer from the same pass (the etiology of a multi-head model)."""
+
+    label: str
+    probabilities: dict[str, float]
+    score: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "probabilities": dict(self.probabilities),
+                "score": self.score, "threshold": self.threshold}
 
 
 @dataclass
@@ -31,16 +48,23 @@ class Prediction:
     threshold: float
     heatmap: np.ndarray | None = None  # float32 input_size x input_size in [0,1]
     bbox: tuple[float, float, float, float] | None = None  # normalised x0, y0, x1, y1
+    etiology: HeadPrediction | None = None  # multi-head models: from the same pass
+    scope: ScopeVerdict | None = None  # multi-head models: the scope gate's verdict
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (without the heatmap array)."""
-        return {
+        out: dict[str, Any] = {
             "label": self.label,
             "probabilities": dict(self.probabilities),
             "score": self.score,
             "threshold": self.threshold,
             "bbox": list(self.bbox) if self.bbox else None,
         }
+        if self.etiology is not None:
+            out["etiology"] = self.etiology.to_dict()
+        if self.scope is not None:
+            out["scope"] = self.scope.to_dict()
+        return out
 
 
 def default_threads() -> int:
@@ -91,28 +115,43 @@ def cpu_runner(model: torch.nn.Module, channels: int, input_size: int) -> Runner
 
 
 class Predictor:
+    """Serving for one checkpoint. A multi-head checkpoint (``meta["task"] == "multi"``) gives
+    every answer from one forward pass: ``head`` ("binary" by default, or "etiology") is the
+    primary answer with the heatmap; the etiology and the scope verdict come along."""
+
     def __init__(
         self,
         model: torch.nn.Module,
         meta: dict[str, Any],
         device: str | torch.device | None = None,
         optimize: bool | None = None,
+        threads: int | None = None,
+        head: str | None = None,
     ) -> None:
-        self.device = (
-            torch.device(device)
-            if device
-            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.device = select_device(device)
         if self.device.type == "cpu":
-            torch.set_num_threads(default_threads())
+            torch.set_num_threads(threads or default_threads())
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.name: str = str(meta["name"])
         self.version: str = str(meta["version"])
-        self.task: str = str(meta["task"])
-        self.classes: list[str] = list(meta["classes"])
-        self.threshold: float = float(meta["threshold"])
-        self.temperature: float = float(meta.get("temperature") or 1.0)
+        self.multi = meta.get("task") == "multi"
+        heads: dict[str, Any] = dict(meta.get("heads") or {})
+        self.head: str = (head or "binary") if self.multi else str(meta["task"])
+        if self.multi and self.head not in heads:
+            raise ValueError(f"checkpoint has no {self.head!r} head; heads: {sorted(heads)}")
+        if head is not None and not self.multi and head != self.head:
+            raise ValueError(f"checkpoint is a {self.head!r} model, not {head!r}")
+        spec = heads.get(self.head) or meta
+        self.task: str = self.head
+        self.classes: list[str] = list(spec["classes"])
+        self.threshold: float = float(spec["threshold"])
+        self.temperature: float = float(spec.get("temperature") or 1.0)
+        total = sum(len(h["classes"]) for h in heads.values()) if self.multi else len(self.classes)
+        self.rows: slice = slice(*spec["slice"]) if self.multi else slice(0, total)
+        self.etiology_head: dict[str, Any] | None = (
+            heads.get("etiology") if self.multi and self.head != "etiology" else None)
+        self.scope_head: dict[str, Any] | None = heads.get("scope") if self.multi else None
         self.spec: dict[str, Any] = dict(meta["preprocessing"])
         self.input_size, self.mean, self.std, self.channels = spec_values(self.spec)
         self._normal = self.classes.index("normal")
@@ -129,9 +168,11 @@ class Predictor:
         path: str | Path,
         device: str | torch.device | None = None,
         optimize: bool | None = None,
+        threads: int | None = None,
+        head: str | None = None,
     ) -> Predictor:
         model, meta = model_from_checkpoint(path, map_location="cpu")
-        return cls(model, meta, device, optimize)
+        return cls(model, meta, device, optimize, threads, head)
 
     # ---------------------------------------------------------------------------------------
     def to_tensor(self, source: Source) -> torch.Tensor:
@@ -143,30 +184,61 @@ class Predictor:
         return to_model_tensor(pixels, self.input_size, self.mean, self.std, self.channels)
 
     def predict(
-        self, sources: Sequence[Source], with_cam: bool = True, batch_size: int = 32
+        self,
+        sources: Sequence[Source],
+        with_cam: bool = True,
+        batch_size: int = 32,
+        metadata: Sequence[Mapping[str, str] | None] | None = None,
     ) -> list[Prediction]:
         """Predict a list of paths / bytes / decoded HxW arrays (float [0,1] or uint8).
 
+        DICOM attributes of decoded files feed the scope gate; for arrays pass ``metadata``.
         Raises ml.preprocess.ImageDecodeError for an undecodable input.
         """
         out: list[Prediction] = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start : start + batch_size]
-            batch = torch.stack([self.to_tensor(s) for s in chunk])
-            out.extend(self.predict_tensors(batch, with_cam=with_cam))
+            tensors, metas = [], []
+            for j, source in enumerate(chunk):
+                given = metadata[start + j] if metadata is not None else None
+                if isinstance(source, np.ndarray):
+                    tensors.append(self.to_tensor(source))
+                    metas.append(given)
+                else:
+                    decoded = decode_image(source)
+                    tensors.append(self.to_tensor(decoded.pixels))
+                    metas.append(given if given is not None else decoded.metadata)
+            out.extend(self.predict_tensors(torch.stack(tensors), with_cam=with_cam,
+                                            metadata=metas))
         return out
 
     def decide(self, probs: np.ndarray) -> tuple[int, float]:
-        """The decision rule: (class index, pneumonia score) for one calibrated prob vector."""
-        score = float(1.0 - probs[self._normal])
-        if score < self.threshold:
-            return self._normal, score
-        masked = probs.copy()
-        masked[self._normal] = -1.0
-        return int(masked.argmax()), score
+        """The decision rule (ml.decision) for one calibrated probability vector."""
+        labels, scores = decide(probs, self._normal, self.threshold)
+        return int(labels[0]), float(scores[0])
 
-    def predict_tensors(self, batch: torch.Tensor, with_cam: bool = True) -> list[Prediction]:
-        """Predict an already preprocessed (B,C,S,S) batch (from ``to_model_tensor``)."""
+    def head_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The primary head's logits out of the model's whole output vector."""
+        return logits[:, self.rows]
+
+    def calibrated(self, logits: torch.Tensor, head: dict[str, Any] | None = None) -> np.ndarray:
+        """Calibrated probabilities of the primary head, or of ``head`` (a meta["heads"] entry)."""
+        if head is None:
+            z, t = self.head_logits(logits), self.temperature
+        else:
+            z, t = logits[:, slice(*head["slice"])], float(head["temperature"])
+        return torch.softmax(z.float() / t, dim=1).cpu().numpy()
+
+    def predict_tensors(
+        self,
+        batch: torch.Tensor,
+        with_cam: bool = True,
+        metadata: Sequence[Mapping[str, str] | None] | None = None,
+    ) -> list[Prediction]:
+        """Predict an already preprocessed (B,C,S,S) batch (from ``to_model_tensor``).
+
+        ``metadata`` (DICOM attributes per image, or None) feeds the scope gate's metadata rule.
+        """
         if batch.ndim == 3:
             batch = batch[None]
         x = batch.to(self.device, dtype=torch.float32)
@@ -179,21 +251,23 @@ class Predictor:
             with torch.inference_mode():
                 # One forward pass; its features are reused for plain CAM below.
                 feats, logits = (self.runner or self.model)(x)
-        probs = torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
-        decisions = [self.decide(p) for p in probs]
+        probs = self.calibrated(logits)
+        labels, scores = decide(probs, self._normal, self.threshold)
         cams = None
         if with_cam:
-            idx = torch.tensor([d[0] for d in decisions], device=x.device)
+            idx = torch.as_tensor(labels, device=x.device)
             if feats is not None:
                 with torch.inference_mode():
-                    cams_raw = cam_from_features(feats, self.model.linear, idx)
-            elif bool((idx != logits.argmax(1)).any()):
-                # The thresholded label differs from the argmax: Grad-CAM for that class.
-                _, cams_raw = compute_cams(self.model, x, idx)
+                    cams_raw = cam_from_features(feats, self.model.linear, idx, self.rows)
+            elif self.multi or bool((idx != self.head_logits(logits).argmax(1)).any()):
+                # Grad-CAM for the decided class of the primary head.
+                _, cams_raw = compute_cams(self.model, x, idx + (self.rows.start or 0))
             assert cams_raw is not None
             cams = upsample(cams_raw, self.input_size).cpu().numpy().astype(np.float32)
+        etiology = self._etiology(logits)
+        scopes = self._scopes(logits, metadata, len(probs))
         results = []
-        for i, (cls_idx, score) in enumerate(decisions):
+        for i, (cls_idx, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
             heat = cams[i] if cams is not None else None
             results.append(
                 Prediction(
@@ -201,10 +275,36 @@ class Predictor:
                     probabilities={
                         c: float(p) for c, p in zip(self.classes, probs[i], strict=True)
                     },
-                    score=score,
+                    score=float(score),
                     threshold=self.threshold,
                     heatmap=heat,
                     bbox=bounding_box(heat) if heat is not None else None,
+                    etiology=etiology[i] if etiology else None,
+                    scope=scopes[i] if scopes else None,
                 )
             )
         return results
+
+    def _etiology(self, logits: torch.Tensor) -> list[HeadPrediction]:
+        head = self.etiology_head
+        if head is None:
+            return []
+        classes = list(head["classes"])
+        probs = self.calibrated(logits, head)
+        labels, scores = decide(probs, classes.index("normal"), float(head["threshold"]))
+        return [
+            HeadPrediction(classes[int(lab)], {c: float(p) for c, p in zip(classes, row,
+                                                                          strict=True)},
+                           float(score), float(head["threshold"]))
+            for lab, score, row in zip(labels, scores, probs, strict=True)
+        ]
+
+    def _scopes(self, logits: torch.Tensor, metadata: Sequence[Mapping[str, str] | None] | None,
+                n: int) -> list[ScopeVerdict]:
+        head = self.scope_head
+        if head is None:
+            return []
+        probs = self.calibrated(logits, head)
+        meta = list(metadata) if metadata is not None else [None] * n
+        return [scope_verdict(row, float(head["threshold"]), m)
+                for row, m in zip(probs, meta, strict=True)]

@@ -239,8 +239,8 @@ def _document(rng: np.random.Generator, size: int) -> np.ndarray:
         )
         draw.text((int(rng.integers(2, 30)), y), words, fill=ink)
         if rng.random() < 0.15:
-            x0 = int(rng.integers(0, size // 2))
-            draw.rectangle([x0, y, x0 + int(rng.integers(20, size // 2)), y + 12], outline=ink)
+            x0 = int(rng.integers(0, max(1, size // 2)))
+            draw.rectangle([x0, y, x0 + int(rng.integers(20, max(21, size // 2))), y + 12], outline=ink)
         y += int(rng.integers(10, 22))
     return np.asarray(img, dtype=np.float32) / 255.0
 
@@ -276,8 +276,8 @@ def _random_view(img: np.ndarray, rng: np.random.Generator, size: int,
     h, w = img.shape
     area = rng.uniform(min_area, max_area)
     aspect = math.exp(rng.uniform(math.log(0.75), math.log(1.33)))
-    ch = max(8, min(h, round(math.sqrt(area * h * w / aspect))))
-    cw = max(8, min(w, round(math.sqrt(area * h * w * aspect))))
+    ch = min(h, max(8, round(math.sqrt(area * h * w / aspect))))
+    cw = min(w, max(8, round(math.sqrt(area * h * w * aspect))))
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
     crop = img[y0 : y0 + ch, x0 : x0 + cw]

@@ -1,0 +1,221 @@
+"""The multi-head model: one network trained for binary, etiology and scope, one checkpoint,
+one forward pass serving every answer, and the tools (evaluate, predict, calibrate, bench)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml.checkpoint import load_checkpoint, save_checkpoint
+from ml.multitask import (
+    HEADS,
+    IGNORE,
+    STRESS,
+    MultiTaskConfig,
+    head_slices,
+    multitask_loss,
+    threshold_for_site,
+    train,
+)
+from ml.predictor import Predictor
+from ml.scope import SCOPE_CLASSES
+from tests.ml.conftest import write_gray
+
+
+@pytest.fixture(scope="module")
+def scope_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Out-of-scope examples: 'adult' images are bright and flat, 'ct' are rings."""
+    rng = np.random.default_rng(5)
+    root = tmp_path_factory.mktemp("scope")
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(10):
+        write_gray(root / "normal" / f"normal-{i}.jpeg",
+                   rng.normal(200, 10, (48, 48)).clip(0, 255).astype(np.uint8))
+        ring = (((yy - 24) ** 2 + (xx - 24) ** 2) % 40 < 20) * 200
+        write_gray(root / "ct" / f"ct-{i}.jpeg", ring.astype(np.uint8))
+        write_gray(root / "lateral" / f"lateral-{i}.jpeg",
+                   np.tile(np.linspace(0, 255, 48), (48, 1)).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def multi_ckpt(tmp_path_factory: pytest.TempPathFactory, scope_folder: Path) -> Path:
+    root = tmp_path_factory.mktemp("kermany_like")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:48, :48]
+    for i in range(24):
+        base = rng.normal(90, 20, (48, 48)).clip(0, 255)
+        write_gray(root / "NORMAL" / f"IM-{i:04d}-0001.jpeg", base.astype(np.uint8))
+        blob = base.copy()
+        y, x = rng.integers(10, 38, 2)
+        blob[(yy - y) ** 2 + (xx - x) ** 2 < 36] = 230
+        kind = "bacteria" if i % 2 else "virus"
+        write_gray(root / "PNEUMONIA" / f"person{i}_{kind}_{i}.jpeg", blob.astype(np.uint8))
+    cfg = MultiTaskConfig(epochs=2, input_size=32, batch_size=16, synthetic=20,
+                          adult_per_epoch=8, lateral_per_epoch=4, other_per_epoch=8,
+                          val_fraction=0.3, scope_val_fraction=0.3, bootstrap=0,
+                          progress=False, threads=1, lr=1e-2)
+    result = train(cfg, root, scope_folder, command="pytest", log=lambda s: None)
+    out = tmp_path_factory.mktemp("ckpt") / "multi.pt"
+    save_checkpoint(out, result.model, result.meta)
+    pytest.multi_data_root = root  # type: ignore[attr-defined]
+    return out
+
+
+def test_head_slices_cover_the_output_vector_without_overlap() -> None:
+    slices = head_slices()
+    assert slices == {"binary": (0, 2), "etiology": (2, 5), "scope": (5, 10)}
+    assert list(HEADS["scope"]) == SCOPE_CLASSES
+
+
+def test_loss_ignores_heads_without_labels() -> None:
+    logits = torch.zeros(2, 10, requires_grad=True)
+    cfg = MultiTaskConfig(label_smoothing=0.0)
+    none = {"binary": None, "etiology": None, "scope": None}
+    only_scope = {"binary": torch.tensor([IGNORE, IGNORE]),
+                  "etiology": torch.tensor([IGNORE, IGNORE]), "scope": torch.tensor([1, 2])}
+    loss = multitask_loss(logits, only_scope, none, cfg)  # type: ignore[arg-type]
+    assert loss.item() == pytest.approx(cfg.scope_weight * np.log(5), rel=1e-5)
+    loss.backward()
+    assert logits.grad is not None
+    assert torch.all(logits.grad[:, :5] == 0)  # no gradient into binary/etiology
+
+
+def test_site_threshold_keeps_sensitivity_and_prefers_youden() -> None:
+    rng = np.random.default_rng(0)
+    pos = np.r_[np.ones(200), np.zeros(200)].astype(bool)
+    scores = np.r_[rng.uniform(0.4, 1.0, 200), rng.uniform(0.0, 0.6, 200)]
+    t = threshold_for_site(scores, pos, 0.95)
+    assert (scores[pos] >= t).mean() >= 0.95
+    # Youden's optimum here is near 0.5; the sensitivity cap alone would be lower.
+    assert 0.4 < t <= 0.6
+
+
+def test_stress_perturbations_keep_shape_and_range() -> None:
+    x = torch.rand(3, 1, 32, 32)
+    for name, f in STRESS.items():
+        y = f(x)
+        assert y.shape == x.shape, name
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0 + 1e-6, name
+        assert not torch.equal(y, x), name
+
+
+def test_checkpoint_records_every_head_with_its_operating_point(multi_ckpt: Path) -> None:
+    state, meta = load_checkpoint(multi_ckpt)
+    assert meta["task"] == "multi"
+    assert set(meta["heads"]) == {"binary", "etiology", "scope"}
+    for name, head in meta["heads"].items():
+        assert head["classes"] == HEADS[name]
+        assert 0.0 < head["threshold"] < 1.0 and head["temperature"] > 0
+    assert state["linear.weight"].shape[0] == 10
+    assert meta["threshold"] == meta["heads"]["binary"]["threshold"]
+    assert meta["preprocessing"]["input_size"] == 32
+    assert set(meta["validation"]) >= {"binary", "etiology", "stress", "scope"}
+    assert set(meta["validation"]["stress"]) == {"none", *STRESS}
+    assert meta["command"] == "pytest"
+
+
+def test_one_pass_gives_binary_etiology_scope_and_heatmap(multi_ckpt: Path) -> None:
+    pred = Predictor.from_checkpoint(multi_ckpt, threads=1)
+    x = torch.stack([pred.to_tensor(np.random.default_rng(i).random((40, 40)).astype(np.float32))
+                     for i in range(3)])
+    calls = []
+    model_forward = pred.model.forward
+
+    def counting(inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(len(inp))
+        return model_forward(inp)
+
+    pred.runner = None
+    pred.model.forward = counting  # type: ignore[method-assign]
+    out = pred.predict_tensors(x, with_cam=True)
+    assert calls == [3]  # one forward pass for all three answers
+    for p in out:
+        assert p.label in HEADS["binary"]
+        assert sum(p.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.etiology is not None and p.etiology.label in HEADS["etiology"]
+        assert sum(p.etiology.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.scope is not None and isinstance(p.scope.in_scope, bool)
+        assert p.heatmap is not None and p.heatmap.shape == (32, 32)
+        # The etiology answer follows the shared rule: normal iff 1 - P(normal) < threshold.
+        assert (p.etiology.label == "normal") == (p.etiology.score < p.etiology.threshold)
+
+
+def test_etiology_head_serves_as_primary(multi_ckpt: Path) -> None:
+    pred = Predictor.from_checkpoint(multi_ckpt, threads=1, head="etiology")
+    assert pred.classes == HEADS["etiology"] and pred.task == "etiology"
+    (p,) = pred.predict([np.full((40, 40), 0.5, np.float32)])
+    assert set(p.probabilities) == set(HEADS["etiology"]) and p.etiology is None
+    with pytest.raises(ValueError, match="no 'nope' head"):
+        Predictor.from_checkpoint(multi_ckpt, head="nope")
+
+
+def test_dicom_metadata_takes_an_image_out_of_scope(multi_ckpt: Path) -> None:
+    pred = Predictor.from_checkpoint(multi_ckpt, threads=1)
+    img = np.full((40, 40), 0.4, np.float32)
+    (p,) = pred.predict([img], metadata=[{"Modality": "CR", "BodyPartExamined": "HIP"}])
+    assert p.scope is not None
+    assert (p.scope.in_scope, p.scope.reason, p.scope.source) == (
+        False, "not_chest_radiograph", "metadata")
+
+
+def test_cli_predict_withholds_the_label_out_of_scope(
+    multi_ckpt: Path, dicom_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ml.cli import main
+
+    hip = dicom_dir / "cr-hip-monochrome2-rle.dcm"
+    assert main(["predict", "--checkpoint", str(multi_ckpt), str(hip)]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["scope"] == {"in_scope": False, "reason": "not_chest_radiograph"}
+    assert row["label"] is None and row["etiology"]["label"] is None
+    assert main(["predict", "--checkpoint", str(multi_ckpt), "--scope", "warn", str(hip)]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["label"] in HEADS["binary"]
+
+
+def test_evaluate_reports_out_of_scope_rate_over_all_images(
+    multi_ckpt: Path, dicom_dir: Path, tmp_path: Path
+) -> None:
+    from ml.evaluate import evaluate_checkpoint
+
+    root = pytest.multi_data_root  # type: ignore[attr-defined]
+    for task, n_classes in (("binary", 2), ("etiology", 3)):
+        rep = evaluate_checkpoint(multi_ckpt, root, n_boot=0, task=task)
+        assert rep["n"] == 48 and len(rep["classes"]) == n_classes
+        assert rep["scope"]["n"] == 48
+        assert 0.0 <= rep["scope"]["out_of_scope_rate"] <= 1.0
+        assert sum(rep["scope"]["reasons"].values()) == rep["scope"]["out_of_scope"]
+
+
+def test_calibrating_the_etiology_head_keeps_the_binary_head(
+    multi_ckpt: Path, tmp_path: Path
+) -> None:
+    from ml.evaluate import recalibrate_checkpoint
+
+    root = pytest.multi_data_root  # type: ignore[attr-defined]
+    out = tmp_path / "site.pt"
+    recalibrate_checkpoint(multi_ckpt, root, out, sensitivity=0.9, task="etiology")
+    _, before = load_checkpoint(multi_ckpt)
+    _, after = load_checkpoint(out)
+    assert after["heads"]["binary"] == before["heads"]["binary"]
+    assert after["threshold"] == before["threshold"]
+    assert after["heads"]["etiology"]["threshold"] != before["heads"]["etiology"]["threshold"]
+    assert after["calibration"]["n"] == 48
+
+
+def test_bench_versus_compares_pipelines_side_by_side(
+    multi_ckpt: Path, binary_ckpt: Path, etiology_ckpt: Path
+) -> None:
+    from ml.bench import run_versus
+
+    out = run_versus(multi_ckpt, [binary_ckpt, etiology_ckpt], batch_size=8, images=16,
+                     rounds=2, threads=1, verbose=False)
+    assert out["images"] == 16
+    assert out["images_per_second"] > 0 and out["images_per_second_versus"] > 0
+    lo, hi = out["ratio_range"]
+    assert lo <= out["ratio"] <= hi
