@@ -240,7 +240,8 @@ def _document(rng: np.random.Generator, size: int) -> np.ndarray:
         draw.text((int(rng.integers(2, 30)), y), words, fill=ink)
         if rng.random() < 0.15:
             x0 = int(rng.integers(0, max(1, size // 2)))
-            draw.rectangle([x0, y, x0 + int(rng.integers(20, max(21, size // 2))), y + 12], outline=ink)
+            x1 = x0 + int(rng.integers(20, max(21, size // 2)))
+            draw.rectangle([x0, y, x1, y + 12], outline=ink)
         y += int(rng.integers(10, 22))
     return np.asarray(img, dtype=np.float32) / 255.0
 
