@@ -37,11 +37,10 @@ from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patien
 from ml.evaluate import compute_metrics, full_report
 from ml.models import CamModel, build_model, count_parameters
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
-from ml.scope import (
-    SCOPE_CLASSES,
+from ml.scope import SCOPE_CLASSES, scope_verdicts
+from ml.scope_data import (
     ScopeRecord,
     scope_records,
-    scope_verdicts,
     split_scope_records,
     synthetic_non_radiographs,
 )
@@ -152,6 +151,9 @@ class MultiTaskConfig:
     threads: int | None = 2
     device: str | None = None
     max_train_images: int | None = None
+    # A single-task checkpoint of the same architecture whose trunk (and heads, where they
+    # map) start this model: fine-tuning instead of training from scratch.
+    init_from: str | None = None
     name: str = "pneumo-multi"
     version: str = "2.0.0"
     progress: bool = True
@@ -299,6 +301,38 @@ def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: st
 
 def build_model_for(cfg: MultiTaskConfig) -> CamModel:
     return build_model(cfg.arch, sum(len(c) for c in HEADS.values()))
+
+
+def init_from_checkpoint(model: CamModel, path: str, arch: str) -> list[str]:
+    """Start from a single-task checkpoint: the trunk is copied; its head's rows go to the
+    matching head (etiology -> etiology; its normal row and the mean of its pneumonia rows
+    -> binary; binary -> binary). Returns the names of tensors left as initialised."""
+    from ml.checkpoint import load_checkpoint
+
+    state, meta = load_checkpoint(path)
+    if meta.get("arch") != arch:
+        raise ValueError(f"{path}: architecture {meta.get('arch')!r} does not match")
+    own = model.state_dict()
+    kept = [k for k in own if k in state and state[k].shape == own[k].shape]
+    for k in kept:
+        own[k] = state[k]
+    slices = head_slices()
+    for name in ("head.fc.weight", "head.fc.bias", "linear.weight", "linear.bias"):
+        if name not in state or name not in own:
+            continue
+        src = state[name]
+        if meta["task"] == "etiology":
+            a, b = slices["etiology"]
+            own[name][a:b] = src
+            a, _ = slices["binary"]
+            own[name][a] = src[0]
+            own[name][a + 1] = src[1:].mean(0)
+        elif meta["task"] == "binary":
+            a, b = slices["binary"]
+            own[name][a:b] = src
+        kept.append(name)
+    model.load_state_dict(own)
+    return sorted(k for k in own if k not in kept)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: MultiTaskConfig, steps: int
@@ -572,7 +606,11 @@ def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | P
         torch.set_num_threads(int(cfg.threads))
     data = data or build_data(cfg, paediatric_root, scope_root, log)
     log(f"data {data.summary}")
-    model = build_model_for(cfg).to(device)
+    model = build_model_for(cfg)
+    if cfg.init_from:
+        fresh = init_from_checkpoint(model, cfg.init_from, cfg.arch)
+        log(f"initialised from {cfg.init_from}; left as initialised: {fresh}")
+    model = model.to(device)
     log(f"{cfg.arch}: {count_parameters(model) / 1e6:.2f} M parameters, device {device}")
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data.train_paed) + cfg.adult_per_epoch + cfg.lateral_per_epoch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout, update_session_auth_hash
 from django.shortcuts import get_object_or_404
@@ -22,6 +24,7 @@ from .models import User
 from .permissions import IsHospitalAdmin
 from .serializers import (
     CredentialsSerializer,
+    HospitalSettingsSerializer,
     MemberCreateInputSerializer,
     MemberSerializer,
     MemberUpdateInputSerializer,
@@ -33,6 +36,7 @@ from .serializers import (
 from .services import (
     AccountError,
     SignupError,
+    hospital_settings_update,
     member_create,
     member_update,
     token_get_or_create,
@@ -241,3 +245,30 @@ class MemberTokenApi(APIView):
         audit_record(action=AuditEvent.Action.TOKEN_REVOKED, user=request.user,
                      request=request, object_type="user", object_id=member.id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class HospitalSettingsApi(APIView):
+    """The hospital's settings: read by its members, changed by its admins (audited)."""
+
+    @extend_schema(responses={200: HospitalSettingsSerializer})
+    def get(self, request: Request) -> Response:
+        if request.user.hospital is None:
+            return Response(_detail("Not a hospital member."), status=status.HTTP_404_NOT_FOUND)
+        return Response(HospitalSettingsSerializer(request.user.hospital).data)
+
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "PATCH":
+            return [IsHospitalAdmin()]
+        return super().get_permissions()
+
+    @extend_schema(request=HospitalSettingsSerializer, responses={200: HospitalSettingsSerializer})
+    def patch(self, request: Request) -> Response:
+        data = HospitalSettingsSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        hospital = request.user.hospital
+        changes = hospital_settings_update(hospital=hospital, **data.validated_data)
+        if changes:
+            audit_record(action=AuditEvent.Action.SETTINGS_CHANGED, user=request.user,
+                         request=request, object_type="hospital", object_id=hospital.id,
+                         detail=changes)
+        return Response(HospitalSettingsSerializer(hospital).data)

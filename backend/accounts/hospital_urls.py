@@ -12,4 +12,5 @@ urlpatterns = [
     path("members/<int:member_id>/token/", api.MemberTokenApi.as_view(),
          name="hospital-member-token"),
     path("audit/", AuditListApi.as_view(), name="hospital-audit"),
+    path("settings/", api.HospitalSettingsApi.as_view(), name="hospital-settings"),
 ]

@@ -7,7 +7,15 @@ from django.db import models
 
 
 class Hospital(models.Model):
+    class ScopeMode(models.TextChoices):
+        # Out-of-scope images (adult, lateral, not a chest radiograph, inverted) get no label.
+        ENFORCE = "enforce", "Withhold the label"
+        # They get the label with a visible warning (the admin's choice, audited).
+        WARN = "warn", "Label with a warning"
+
     name = models.CharField(max_length=200, unique=True)
+    scope_mode = models.CharField(max_length=8, choices=ScopeMode.choices,
+                                  default=ScopeMode.ENFORCE)
     webhook_url = models.URLField(blank=True, default="")
     webhook_secret = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -56,3 +56,13 @@ class MemberSerializer(serializers.ModelSerializer):
 
     def get_has_token(self, user: User) -> bool:
         return hasattr(user, "auth_token")
+
+
+class HospitalSettingsSerializer(serializers.Serializer):
+    name = serializers.CharField(read_only=True)
+    scope_mode = serializers.ChoiceField(
+        choices=["enforce", "warn"],
+        help_text="Images outside the validated population (adult, lateral, not a chest "
+        "radiograph, inverted): `enforce` withholds the label (default), `warn` gives the "
+        "label with a visible warning.",
+    )

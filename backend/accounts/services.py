@@ -117,3 +117,17 @@ def token_rotate(*, user: User) -> str:
 def token_revoke(*, user: User) -> bool:
     deleted, _ = Token.objects.filter(user=user).delete()
     return bool(deleted)
+
+
+def hospital_settings_update(*, hospital: Hospital, scope_mode: str | None = None
+                             ) -> dict[str, dict[str, str]]:
+    """Change the hospital's settings; returns what changed as {field: {"from", "to"}}."""
+    changes: dict[str, dict[str, str]] = {}
+    if scope_mode is not None and scope_mode != hospital.scope_mode:
+        if scope_mode not in Hospital.ScopeMode.values:
+            raise AccountError(f"Unknown scope mode {scope_mode!r}.")
+        changes["scope_mode"] = {"from": hospital.scope_mode, "to": scope_mode}
+        hospital.scope_mode = scope_mode
+    if changes:
+        hospital.save(update_fields=list(changes))
+    return changes

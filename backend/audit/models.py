@@ -19,6 +19,7 @@ class AuditEvent(models.Model):
         TOKEN_REVOKED = "auth.token_revoked"  # noqa: S105
         MEMBER_CREATED = "hospital.member_created"
         MEMBER_UPDATED = "hospital.member_updated"
+        SETTINGS_CHANGED = "hospital.settings_changed"
         STUDY_UPLOADED = "study.uploaded"
         STUDY_VIEWED = "study.viewed"
         STUDY_EXPORTED = "study.exported"

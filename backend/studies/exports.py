@@ -13,8 +13,8 @@ from .models import Image, Study
 COLUMNS = [
     "study_id", "study_name", "study_accession_number", "image_id", "file_name", "status",
     "label", "pneumonia_probability", "threshold", "etiology_label", "etiology_probabilities",
-    "model_name", "model_version", "flags", "notes", "study_instance_uid", "sop_instance_uid",
-    "dicom_accession_number", "error",
+    "model_name", "model_version", "scope", "scope_reason", "flags", "notes",
+    "study_instance_uid", "sop_instance_uid", "dicom_accession_number", "error",
 ]
 # Spreadsheet formula injection: a cell starting with one of these is made inert.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -29,13 +29,15 @@ def image_row(study: Study, image: Image) -> dict[str, Any]:
         "image_id": str(image.id),
         "file_name": image.original_name,
         "status": image.status,
-        "label": result.label if result else None,
+        "label": (result.label or None) if result else None,
         "pneumonia_probability": result.score if result else None,
         "threshold": result.threshold if result else None,
         "etiology_label": (result.etiology_label or None) if result else None,
         "etiology_probabilities": result.etiology_probabilities if result else {},
         "model_name": result.model_name if result else None,
         "model_version": result.model_version if result else None,
+        "scope": result.scope if result else None,
+        "scope_reason": (result.scope_reason or None) if result else None,
         "flags": list(image.flags or []),
         "notes": list(image.notes or []),
         "study_instance_uid": image.study_instance_uid,

@@ -126,11 +126,17 @@ class Image(models.Model):
 
 class Result(models.Model):
     # One result per image, enforced by the primary key: a redelivered task cannot duplicate it.
+    class Scope(models.TextChoices):
+        IN_SCOPE = "in_scope"
+        OUT_OF_SCOPE = "out_of_scope"
+
     image = models.OneToOneField(Image, primary_key=True, on_delete=models.CASCADE,
                                  related_name="result")
-    label = models.CharField(max_length=32)
-    probabilities = models.JSONField()
-    score = models.FloatField(help_text="Calibrated probability of pneumonia.")
+    # Empty when the label was withheld: out of scope under the hospital's "enforce" mode.
+    label = models.CharField(max_length=32, blank=True)
+    probabilities = models.JSONField(default=dict, blank=True)
+    score = models.FloatField(null=True, blank=True,
+                              help_text="Calibrated probability of pneumonia.")
     threshold = models.FloatField()
     etiology_label = models.CharField(max_length=32, blank=True, default="")
     etiology_probabilities = models.JSONField(default=dict, blank=True)
@@ -139,7 +145,18 @@ class Result(models.Model):
     heatmap = models.FileField(upload_to=_heatmap_path, max_length=300, blank=True)
     bbox = models.JSONField(null=True, blank=True, help_text="[x0, y0, x1, y1] in 0..1")
     inference_ms = models.FloatField(null=True, blank=True)
+    # The scope gate (ml.scope): is the image a frontal paediatric chest radiograph?
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.IN_SCOPE)
+    scope_reason = models.CharField(max_length=32, blank=True, default="")  # ml.scope reasons
+    scope_source = models.CharField(max_length=16, blank=True, default="")  # pixels | metadata
+    in_scope_probability = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    @property
+    def label_withheld(self) -> bool:
+        return self.scope == self.Scope.OUT_OF_SCOPE and not self.label
+
     def __str__(self) -> str:
-        return f"{self.label} ({self.score:.2f})"
+        if self.label_withheld:
+            return f"not analysed ({self.scope_reason})"
+        return f"{self.label} ({self.score or 0:.2f})"

@@ -57,6 +57,7 @@ def with_progress(studies: QuerySet[Study]) -> QuerySet[Study]:
         n_done=_image_count(status=Image.Status.DONE),
         n_failed=_image_count(status=Image.Status.FAILED),
         n_pneumonia=_image_count(result__label="pneumonia"),
+        n_out_of_scope=_image_count(result__scope="out_of_scope"),
     )
 
 

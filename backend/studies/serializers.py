@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.urls import reverse
 from django.utils import timezone
@@ -76,15 +77,33 @@ class RejectionSerializer(serializers.Serializer):
 
 
 class ResultSerializer(serializers.Serializer):
-    label = serializers.CharField()
+    label = serializers.CharField(
+        allow_null=True,
+        help_text="normal | pneumonia; null when withheld (out of scope, hospital enforces).")
     probabilities = serializers.DictField(child=serializers.FloatField())
-    score = serializers.FloatField()
+    score = serializers.FloatField(allow_null=True)
     threshold = serializers.FloatField()
     etiology_label = serializers.CharField()
     etiology_probabilities = serializers.DictField(child=serializers.FloatField())
     model_name = serializers.CharField()
     model_version = serializers.CharField()
     bbox = serializers.ListField(child=serializers.FloatField(), allow_null=True)
+    scope = serializers.CharField(help_text="in_scope | out_of_scope")
+    scope_reason = serializers.CharField(
+        allow_null=True, help_text="adult | lateral | not_chest_radiograph | inverted")
+    scope_text = serializers.CharField(
+        allow_null=True,
+        help_text='e.g. "adult chest X-ray (outside the validated population)"')
+    label_withheld = serializers.BooleanField()
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        from ml.scope import describe
+
+        data = super().to_representation(instance)
+        data["label"] = instance.label or None
+        data["scope_reason"] = instance.scope_reason or None
+        data["scope_text"] = describe(instance.scope_reason) if instance.scope_reason else None
+        return data
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -127,6 +146,8 @@ class ProgressSerializer(serializers.Serializer):
     done = serializers.IntegerField()
     failed = serializers.IntegerField()
     pneumonia = serializers.IntegerField()
+    out_of_scope = serializers.IntegerField(
+        help_text="Images outside the validated population (not analysed, or warned).")
 
 
 class StudySerializer(serializers.ModelSerializer):
@@ -146,6 +167,7 @@ class StudySerializer(serializers.ModelSerializer):
             "done": getattr(study, "n_done", 0),
             "failed": getattr(study, "n_failed", 0),
             "pneumonia": getattr(study, "n_pneumonia", 0),
+            "out_of_scope": getattr(study, "n_out_of_scope", 0),
         }
 
 

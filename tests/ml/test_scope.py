@@ -12,12 +12,10 @@ from ml.scope import (
     age_in_years,
     describe,
     scope_from_metadata,
-    scope_records,
     scope_verdict,
     scope_verdicts,
-    split_scope_records,
-    synthetic_non_radiographs,
 )
+from ml.scope_data import scope_records, split_scope_records, synthetic_non_radiographs
 
 
 @pytest.mark.parametrize(
