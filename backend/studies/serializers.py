@@ -148,6 +148,8 @@ class ProgressSerializer(serializers.Serializer):
     pneumonia = serializers.IntegerField()
     out_of_scope = serializers.IntegerField(
         help_text="Images outside the validated population (not analysed, or warned).")
+    not_analysed = serializers.IntegerField(
+        help_text="Out-of-scope images whose label was withheld (hospital enforces the scope).")
 
 
 class StudySerializer(serializers.ModelSerializer):
@@ -168,6 +170,7 @@ class StudySerializer(serializers.ModelSerializer):
             "failed": getattr(study, "n_failed", 0),
             "pneumonia": getattr(study, "n_pneumonia", 0),
             "out_of_scope": getattr(study, "n_out_of_scope", 0),
+            "not_analysed": getattr(study, "n_not_analysed", 0),
         }
 
 

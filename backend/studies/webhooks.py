@@ -58,7 +58,8 @@ def build_payload(study: Study) -> dict[str, Any]:
             "finished_at": study.finished_at.isoformat() if study.finished_at else None,
             "progress": {"total": progress.n_total, "done": progress.n_done,
                          "failed": progress.n_failed, "pneumonia": progress.n_pneumonia,
-                         "out_of_scope": progress.n_out_of_scope},
+                         "out_of_scope": progress.n_out_of_scope,
+                         "not_analysed": progress.n_not_analysed},
         },
         "images": [_image_summary(image) for image in images],
     }

@@ -42,12 +42,31 @@ export function classLabel(name) {
 
 /** The badge of one image: its label when finished, its state otherwise. */
 export function imageBadge(image) {
+  if (image.result && image.result.label_withheld) {
+    return h("span", { class: "badge label-out-of-scope", "data-label": "not_analysed",
+      title: scopeMessage(image.result) }, "Not analysed");
+  }
   if (image.result) {
     const label = image.result.label;
     const kind = label === "pneumonia" ? "pneumonia" : label === "normal" ? "normal" : "other";
     return h("span", { class: `badge label-${kind}`, "data-label": label }, classLabel(label));
   }
   return h("span", { class: `badge image-${image.status}` }, IMAGE_STATUS[image.status] || image.status);
+}
+
+/** "Not analysed — adult chest X-ray (outside the validated population)", or the warning
+ *  of a labelled out-of-scope image (hospital in "warn" mode); null when in scope. */
+export function scopeMessage(result) {
+  if (!result || result.scope !== "out_of_scope") return null;
+  const why = result.scope_text || "outside the validated population";
+  return result.label_withheld ? `Not analysed — ${why}` : `Outside the validated population: ${why}`;
+}
+
+export function scopeNote(result) {
+  const message = scopeMessage(result);
+  if (!message) return null;
+  return h("p", { class: `scope-note ${result.label_withheld ? "withheld" : "warned"}`, role: "note" },
+    result.label_withheld ? "" : "⚠ ", message);
 }
 
 export function flagText(flag) {
@@ -82,14 +101,16 @@ export function studyTitle(study) {
 }
 
 export function studyProgress(study) {
-  const p = study.progress || { total: 0, done: 0, failed: 0, pneumonia: 0 };
+  const p = {
+    total: 0, done: 0, failed: 0, pneumonia: 0, out_of_scope: 0, not_analysed: 0, ...(study.progress || {}),
+  };
   const finished = p.done + p.failed;
   const fraction = p.total ? finished / p.total : ACTIVE_STATUSES.has(study.status) ? 0 : 1;
   return {
     ...p,
     finished,
     fraction,
-    normal: Math.max(0, p.done - p.pneumonia),
+    normal: Math.max(0, p.done - p.pneumonia - p.not_analysed),
     pending: Math.max(0, p.total - finished),
   };
 }

@@ -20,6 +20,10 @@ export function findingsCell(progress) {
       h("b", {}, String(progress.pneumonia)), " pneumonia"),
     h("span", { class: "count count-normal", title: "Normal" },
       h("b", {}, String(progress.normal)), " normal"),
+    progress.out_of_scope
+      ? h("span", { class: "count count-out-of-scope", title: "Outside the validated population" },
+        h("b", {}, String(progress.out_of_scope)), " out of scope")
+      : null,
     progress.failed
       ? h("span", { class: "count count-failed", title: "Failed" }, h("b", {}, String(progress.failed)), " failed")
       : null);

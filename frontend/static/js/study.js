@@ -2,7 +2,8 @@
 import { api, poller, urls } from "./api.js";
 import { formatDate, formatPercent, h, progressBar, setChildren, svgIcon, toast } from "./dom.js";
 import {
-  ACTIVE_STATUSES, FLAG_HELP, flagChips, flagText, imageBadge, priorityBadge, statusBadge,
+  ACTIVE_STATUSES, FLAG_HELP, flagChips, flagText, imageBadge, priorityBadge, scopeMessage, scopeNote,
+  statusBadge,
   studyProgress, studyTitle,
 } from "./labels.js";
 import { REPORT_KEY } from "./upload.js";
@@ -135,6 +136,7 @@ export function studyView(main, { studyId, imageId, navigate }) {
     setChildren(counts,
       count("Pneumonia", p.pneumonia, "pneumonia"),
       count("Normal", p.normal, "normal"),
+      p.out_of_scope ? count("Out of scope", p.out_of_scope, "out-of-scope") : null,
       count("Failed", p.failed, "failed"),
       count("Pending", ACTIVE_STATUSES.has(study.status) ? p.pending : 0, "pending"));
     const active = ACTIVE_STATUSES.has(study.status);
@@ -162,13 +164,16 @@ export function studyView(main, { studyId, imageId, navigate }) {
         : h("span", { class: "prob", title: "Calibrated probability of pneumonia" }, formatPercent(score));
       setChildren(card.body,
         h("div", { class: "card-badges" }, imageBadge(image), probability),
+        scopeNote(image.result),
         flagChips(image.flags),
         image.status === "failed" && image.error ? h("p", { class: "card-error small" }, image.error) : null,
         h("p", { class: "file-name small", title: image.original_name }, image.original_name));
       card.li.dataset.status = image.status;
       card.li.dataset.label = image.result ? image.result.label : "";
       card.li.classList.toggle("flagged", Boolean(image.flags && image.flags.length));
-      const label = image.result ? `${image.result.label}, ${formatPercent(score)}` : image.status;
+      const label = !image.result ? image.status
+        : image.result.label_withheld ? scopeMessage(image.result)
+          : `${image.result.label}, ${formatPercent(score)}`;
       const flags = (image.flags || []).map(flagText).join(", ");
       card.link.setAttribute("aria-label", `${image.original_name}: ${label}${flags ? `; warnings: ${flags}` : ""}`);
       card.link.title = flags ? FLAG_HELP : "";

@@ -2,7 +2,7 @@
 // probabilities, etiology, threshold and model; arrow keys move, Esc closes.
 import { urls } from "./api.js";
 import { formatPercent, h, setChildren, svgIcon } from "./dom.js";
-import { classLabel, FLAG_HELP, flagText, imageBadge } from "./labels.js";
+import { classLabel, FLAG_HELP, flagText, imageBadge, scopeNote } from "./labels.js";
 
 const prefs = { heatmap: true, opacity: 55, box: true };
 
@@ -98,7 +98,11 @@ export function createViewer({ images, onNavigate, onClose }) {
   function renderDetails(image) {
     const r = image.result;
     const parts = [h("div", { class: "viewer-badges" }, imageBadge(image))];
-    if (r) {
+    if (r && r.scope === "out_of_scope") parts.push(scopeNote(r));
+    if (r && r.label_withheld) {
+      parts.push(h("p", { class: "muted small" },
+        "The models were validated on frontal paediatric chest X-rays only, so no pneumonia label is given for this image. A hospital admin can switch the hospital to label such images with a warning."));
+    } else if (r) {
       parts.push(
         h("p", { class: "score-line" },
           h("span", { class: "score-big" }, formatPercent(r.score, 1)), " ",

@@ -48,7 +48,8 @@ def test_progress_counts_out_of_scope_images(api: Any, make_study: Any) -> None:
     study = make_study(statuses=["done", "done", "done"])
     _out_of_scope(study, withheld=True)
     progress = api.get(f"/api/studies/{study.id}/").json()["progress"]
-    assert progress["out_of_scope"] == 1 and progress["done"] == 3
+    assert progress["out_of_scope"] == 1 and progress["not_analysed"] == 1
+    assert progress["done"] == 3
     # The withheld image is not counted as pneumonia (it had that label before).
     assert progress["pneumonia"] == 1
 
@@ -73,6 +74,7 @@ def test_webhook_payload_carries_scope(make_study: Any) -> None:
     _out_of_scope(study, withheld=True, reason="inverted")
     payload = build_payload(study)
     assert payload["study"]["progress"]["out_of_scope"] == 1
+    assert payload["study"]["progress"]["not_analysed"] == 1
     first = payload["images"][0]
     assert (first["label"], first["scope"], first["scope_reason"]) == (
         None, "out_of_scope", "inverted")
