@@ -74,8 +74,7 @@ def test_importing_tasks_neither_initialises_cuda_nor_loads_the_model() -> None:
         from backend.config.celery import app
         app.loader.import_default_modules()
         import worker.tasks
-        # (torch itself may be imported: Django's checks load the URLconf, which imports
-        # ml.preprocess. Importing torch is harmless; initialising CUDA or a model is not.)
+        # (Importing torch would be harmless here; initialising CUDA or a model is not.)
         from worker import signals
         app.amqp.queues.select(["inference", "default"])  # what `-Q inference,default` does
         signals._note_queues(sender=WORKER)
