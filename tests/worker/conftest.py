@@ -53,18 +53,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_model(settings: Any, tiny_checkpoint: Path) -> Iterator[None]:
-    """Run worker.inference in this process with the tiny model, on one thread."""
-    from worker import inference
+def runtime(settings: Any, tiny_checkpoint: Path) -> Iterator[Any]:
+    """A WorkerRuntime with the tiny model, run in this process on one thread; also the
+    process's runtime, for tasks applied here."""
+    from worker.runtime import WorkerRuntime, install
 
     settings.MODEL_CHECKPOINT_BINARY = str(tiny_checkpoint)
     settings.MODEL_CHECKPOINT_ETIOLOGY = str(tiny_checkpoint.parent / "absent.pt")
-    inference._models = None
-    yield
-    inference._models = None
+    runtime = WorkerRuntime()
+    install(runtime)
+    yield runtime
+    install(None)
     # The recorder thread's connection would keep the test database from being dropped.
-    inference.close_recorder_connection()
-    gc.unfreeze()  # load_models froze this test process's objects: give them back to the GC
+    runtime.close()
+    gc.unfreeze()  # loading the models froze this test process's objects: give them back
 
 
 def small_pngs(n: int, size: int = 96, seed: int = 0) -> list[tuple[str, bytes]]:
