@@ -10,27 +10,25 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TEST_REDIS_URL, stop_process, wait_for, worker_env
+from tests.conftest import (
+    REPO_ROOT,
+    TEST_REDIS_URL,
+    free_port,
+    stop_process,
+    wait_for,
+    worker_env,
+)
 
 FINAL = ("done", "failed", "done_with_errors", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +48,23 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "threshold": 0.5, "temperature": 1.0, "name": "tiny-test", "version": "0.0.1",
     })
     return path
+
+
+@pytest.fixture
+def batch_stored(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set each time the worker's recorder has stored a batch (tests wait on it)."""
+    from backend.studies import services
+
+    stored = threading.Event()
+    record = services.results_record_many
+
+    def recording(**kwargs: Any) -> int:
+        count = record(**kwargs)
+        stored.set()
+        return count
+
+    monkeypatch.setattr(services, "results_record_many", recording)
+    return stored
 
 
 @pytest.fixture
@@ -236,13 +251,13 @@ def _pings(client: Any) -> bool:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    directory = Path(tempfile.mkdtemp(prefix="pneumo-redis-"))
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
     server = RedisServer(directory)
     server.start()
     yield server
     server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 class TcpProxy:
@@ -319,10 +334,6 @@ def pg_proxy() -> Iterator[TcpProxy]:
 
 def proxied_database_url(proxy: TcpProxy, db_name: str) -> str:
     return f"postgres://postgres@127.0.0.1:{proxy.port}/{db_name}"
-
-
-def sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 import pytest
@@ -156,7 +156,7 @@ def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
 
 def test_results_appear_batch_by_batch(
     runtime: Any, api: Any, sent: list[dict], settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batch_stored: threading.Event,
 ) -> None:
     """While the second batch is in the forward pass, the first batch is already stored."""
     from backend.studies.models import Result
@@ -172,7 +172,8 @@ def test_results_appear_batch_by_batch(
 
     def watching(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
         if with_cam:  # the binary pass of each batch
-            time.sleep(0.3)  # room for the recorder to store the batch before
+            if stored_at_forward:  # the recorder stores the batch before, meanwhile
+                batch_stored.wait(timeout=30)
             stored_at_forward.append(Result.objects.count())
         return forward(models, predictor, x, with_cam)
 
@@ -381,7 +382,7 @@ def test_task_soft_time_limit_ends_in_recorded_failure(
 
 def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
     runtime: Any, api: Any, sent: list[dict], settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batch_stored: threading.Event,
 ) -> None:
     """The soft limit strikes in the second batch's forward pass: the first batch keeps its
     results and heatmaps, the rest fail as timed out, and no heatmap file is left over."""
@@ -402,7 +403,7 @@ def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
     def limit_in_second_batch(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
         passes.append(1)
         if len(passes) == 2:
-            time.sleep(0.3)  # the recorder stores the first batch meanwhile
+            batch_stored.wait(timeout=30)  # the recorder stores the first batch meanwhile
             raise SoftTimeLimitExceeded()
         return forward(models, predictor, x, with_cam)
 

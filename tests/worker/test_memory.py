@@ -8,12 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+from support import rss_mb
 
 
 @pytest.mark.parametrize("arch", ["pneumonet_small", "mobilenet_v3_small"])  # CAM, Grad-CAM
