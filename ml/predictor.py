@@ -130,6 +130,7 @@ class Predictor:
     ) -> None:
         self.device = select_device(device)
         if self.device.type == "cpu":
+            # `threads`: the caller's share of the cores (a worker pool process's).
             torch.set_num_threads(threads or default_threads())
         self.model = model.to(self.device).eval()
         self.meta = meta
