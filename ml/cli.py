@@ -285,6 +285,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stress(args: argparse.Namespace) -> int:
+    from ml.stress import format_table, stress_test
+
+    ckpt = args.checkpoint or default_checkpoint("binary")
+    rows = stress_test(ckpt, args.data, threads=args.threads)
+    print(f"stress test of {ckpt} on its validation split of {args.data}:")
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description="Pneumonia CXR models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -391,6 +404,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-sizes",
     )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "stress", help="metrics on the validation split under exposure, contrast, framing, "
+        "mirror and blur changes (any checkpoint)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--data", required=True, help="the training data root (its split is rebuilt)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_stress)
     return parser
 
 

@@ -219,3 +219,16 @@ def test_bench_versus_compares_pipelines_side_by_side(
     assert out["images_per_second"] > 0 and out["images_per_second_versus"] > 0
     lo, hi = out["ratio_range"]
     assert lo <= out["ratio"] <= hi
+
+
+def test_stress_test_reports_every_perturbation_with_the_gate(multi_ckpt: Path) -> None:
+    from ml.stress import format_table, stress_test
+
+    root = pytest.multi_data_root  # type: ignore[attr-defined]
+    rows = stress_test(multi_ckpt, root, threads=1)
+    assert list(rows) == ["none", *STRESS]
+    for row in rows.values():
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert 0.0 <= row["out_of_scope_rate"] <= 1.0
+    table = format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "out of scope rate" in table
