@@ -18,7 +18,8 @@ class CredentialsSerializer(serializers.Serializer):
 
 
 class TokenOutputSerializer(serializers.Serializer):
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Shown once: only its hash is stored.")
+    expiry = serializers.DateTimeField(allow_null=True)
 
 
 class PasswordChangeInputSerializer(serializers.Serializer):
@@ -55,4 +56,10 @@ class MemberSerializer(serializers.ModelSerializer):
                   "has_token"]
 
     def get_has_token(self, user: User) -> bool:
-        return hasattr(user, "auth_token")
+        """Whether the member holds an unexpired API token."""
+        active = getattr(user, "active_tokens", None)
+        if active is None:
+            from .services import tokens_active
+
+            return tokens_active(user=user).exists()
+        return active > 0
