@@ -5,8 +5,10 @@ and /api/health/ready/) checks the database, Redis and that a worker answers a p
 once per HEALTH_CACHE_S for all web processes together: the answer is kept in the shared
 cache (Redis) and a lock there lets one process check while the others answer from the
 cache. A flood of health checks so costs one check per HEALTH_CACHE_S, never a web worker
-per request. When Redis itself is down, each process checks on its own, still at most once
-per HEALTH_CACHE_S (a process-local copy of the answer).
+per request. Once an answer is older than HEALTH_CACHE_S, one request starts a new check in
+the background and is answered with the previous answer (a few seconds older at most), so no
+request waits for a check except the very first. When Redis itself is down, each process
+checks on its own, still at most once per HEALTH_CACHE_S (a process-local copy of the answer).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
+from django.db import connection, connections
 
 CACHE_KEY = "health:readiness"
 LOCK_KEY = "health:readiness:lock"
@@ -105,28 +107,45 @@ def readiness() -> Readiness:
 
 def _shared_readiness(now: float) -> Readiness:
     ttl = settings.HEALTH_CACHE_S
+    # An answer a little past HEALTH_CACHE_S is still given while a new check runs (no request
+    # waits for a check then); an older one is not.
+    stale_limit = ttl + PING_TIMEOUT_S + 3
     try:
         cached = cache.get(CACHE_KEY)
         if _fresh(cached, now):
             return cached
-        if not cache.add(LOCK_KEY, 1, timeout=max(1, int(PING_TIMEOUT_S + 3))):
-            # Another process is checking: answer with the last result while it does (older
-            # than HEALTH_CACHE_S by at most the check's duration), or wait for its result.
-            if isinstance(cached, Readiness) and now - cached.checked_at < ttl + PING_TIMEOUT_S + 3:
+        usable = isinstance(cached, Readiness) and now - cached.checked_at < stale_limit
+        if cache.add(LOCK_KEY, 1, timeout=max(1, int(PING_TIMEOUT_S + 3))):
+            if usable:
+                threading.Thread(target=_check_and_share, args=(True,), daemon=True,
+                                 name="readiness-check").start()
                 return cached
-            deadline = time.monotonic() + PING_TIMEOUT_S + 3
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-                cached = cache.get(CACHE_KEY)
-                if _fresh(cached, time.time()):
-                    return cached
+            return _check_and_share(False)
+        if usable:  # another process is checking
+            return cached
+        deadline = time.monotonic() + PING_TIMEOUT_S + 3
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            cached = cache.get(CACHE_KEY)
+            if _fresh(cached, time.time()):
+                return cached
     except Exception:  # the cache (Redis) is down: check on our own
         return check_all()
-    result = check_all()
-    with contextlib.suppress(Exception):
-        cache.set(CACHE_KEY, result, timeout=max(1, int(2 * ttl + PING_TIMEOUT_S + 3)))
-        cache.delete(LOCK_KEY)
-    return result
+    return _check_and_share(False)
+
+
+def _check_and_share(in_thread: bool) -> Readiness:
+    """Check, and put the answer in the shared cache for every web process."""
+    try:
+        result = check_all()
+        with contextlib.suppress(Exception):
+            cache.set(CACHE_KEY, result,
+                      timeout=max(1, int(settings.HEALTH_CACHE_S + PING_TIMEOUT_S + 3)))
+            cache.delete(LOCK_KEY)
+        return result
+    finally:
+        if in_thread:
+            connections.close_all()  # this thread's own database connection
 
 
 def readiness_forget() -> None:
