@@ -8,7 +8,7 @@ from uuid import UUID
 from django.db.models import prefetch_related_objects
 from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -21,6 +21,7 @@ from backend.audit.services import audit_record
 from ml.preprocess import ImageDecodeError
 
 from . import deletion, exports, previews, selectors, services
+from .quotas import HospitalUploadQuota, UploadRateThrottle
 from .serializers import (
     ImageSerializer,
     StudyActionOutputSerializer,
@@ -44,6 +45,15 @@ class StudyPagination(PageNumberPagination):
 class StudyListCreateApi(APIView):
     permission_classes = [HasHospital]
     parser_classes = [MultiPartParser, FormParser]
+    # Uploads only (POST): a rate per user, then the hospital's bytes per 24 hours.
+    throttle_classes = [UploadRateThrottle, HospitalUploadQuota]
+
+    def check_throttles(self, request: Request) -> None:
+        # The first limit reached answers 429 with its own reason and Retry-After.
+        for throttle in self.get_throttles():
+            if not throttle.allow_request(request, self):
+                raise exceptions.Throttled(wait=throttle.wait(),
+                                           detail=getattr(throttle, "detail", None))
 
     @extend_schema(parameters=[StudyFilterSerializer],
                    responses={200: StudySerializer(many=True)})
