@@ -23,6 +23,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, connections
 
+from backend.config import celery
+
 CACHE_KEY = "health:readiness"
 LOCK_KEY = "health:readiness:lock"
 # How long a worker ping may take; one answer is enough (it returns at the first reply).
@@ -66,11 +68,9 @@ def check_redis() -> str | None:
 
 
 def check_workers(timeout: float = PING_TIMEOUT_S) -> tuple[list[str], str | None]:
-    from worker.celery_app import app
-
     try:
         # limit=1: return at the first reply instead of waiting out the timeout.
-        replies = app.control.ping(timeout=timeout, limit=1) or []
+        replies = celery.app.control.ping(timeout=timeout, limit=1) or []
     except Exception as exc:
         return [], f"workers: {exc.__class__.__name__}: {exc}"
     names = sorted(name for reply in replies for name in reply)

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from backend.accounts.permissions import HasHospital, IsHospitalAdmin
 from backend.audit.models import AuditEvent
 from backend.audit.services import audit_record
-from ml.preprocess import ImageDecodeError
+from ml.decode import ImageDecodeError
 
 from . import deletion, exports, previews, selectors, services
 from .quotas import HospitalUploadQuota, UploadRateThrottle

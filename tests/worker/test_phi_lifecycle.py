@@ -18,6 +18,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from backend.audit.models import AuditEvent
+from backend.studies import dispatch
 from backend.studies.models import Study
 from tests.conftest import wait_for
 from tests.worker.conftest import launch_worker, stop_worker
@@ -71,7 +72,7 @@ def make_study(user: Any) -> Callable[..., Study]:
 
 
 def run_task(name: str) -> None:
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     app.send_task(name, queue=QUEUE)
 
@@ -83,7 +84,7 @@ def test_the_retention_task_deletes_expired_studies_and_their_files(
     Study.objects.filter(id=old.id).update(created_at=timezone.now() - timedelta(days=8))
     old_files = [i.file.name for i in old.images.all()]
     assert all(default_storage.exists(n) for n in old_files)
-    run_task("worker.tasks.purge_expired_studies")
+    run_task(dispatch.PURGE_EXPIRED_TASK)
     wait_for(lambda: not Study.objects.filter(id=old.id).exists(), timeout=60)
     wait_for(lambda: not any(default_storage.exists(n) for n in old_files), timeout=30)
     assert Study.objects.filter(id=recent.id).exists()
@@ -105,7 +106,7 @@ def test_the_orphan_sweep_task_deletes_old_unreferenced_files_only(
                put(f"studies/{gone_study}/heatmaps/b.jpg", hours_old=30)]
     young = put(f"studies/{gone_study}/images/in-flight-upload", hours_old=0.1)
     foreign = put("studies/not-a-study/readme.txt", hours_old=100)
-    run_task("worker.tasks.sweep_orphan_files")
+    run_task(dispatch.SWEEP_ORPHANS_TASK)
     wait_for(lambda: not any(default_storage.exists(n) for n in orphans), timeout=60)
     assert default_storage.exists(referenced)
     assert default_storage.exists(young) and default_storage.exists(foreign)
