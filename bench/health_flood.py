@@ -2,7 +2,7 @@
 
     make run                                     # in another terminal
     PNEUMO_ADMIN_PASSWORD=... python manage.py create_hospital_admin --hospital H --username u
-    python bench/health_flood.py --url http://127.0.0.1:8000 --username u --password ...
+    python -m bench.health_flood --url http://127.0.0.1:8000 --username u --password ...
 
 The user logs in (session cookie, as the web app does) and asks for the study list every
 --interval seconds, first alone, then while --clients processes poll the health endpoint as
