@@ -32,6 +32,7 @@ from .serializers import (
     MeSerializer,
     PasswordChangeInputSerializer,
     SignupInputSerializer,
+    SignupStateSerializer,
     TokenOutputSerializer,
 )
 from .services import (
@@ -82,6 +83,11 @@ class SignupApi(APIView):
     permission_classes = [AllowAny]
     authentication_classes: list = []
     throttle_classes = [AuthRateThrottle]
+
+    @extend_schema(request=None, responses={200: SignupStateSerializer})
+    def get(self, request: Request) -> Response:
+        """Whether sign-up is open (the web app hides it otherwise)."""
+        return Response({"enabled": settings.SIGNUP_ENABLED})
 
     @extend_schema(request=SignupInputSerializer, responses={201: MeSerializer})
     def post(self, request: Request) -> Response:

@@ -12,6 +12,10 @@ class SignupInputSerializer(serializers.Serializer):
     hospital = serializers.CharField(max_length=200)
 
 
+class SignupStateSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+
+
 class CredentialsSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(write_only=True, style={"input_type": "password"})
