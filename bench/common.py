@@ -339,15 +339,15 @@ def _answers(url: str) -> bool:
 _MAKE_USER = """
 import django
 django.setup()
-from rest_framework.authtoken.models import Token
 from backend.accounts.models import Hospital, User
+from backend.accounts.services import token_issue
 hospital, _ = Hospital.objects.get_or_create(name="Bench Hospital")
 user = User.objects.filter(username="bench").first()
 if user is None:
     user = User(username="bench", hospital=hospital, role="admin")
     user.set_password("bench-Pass-123-x")
     user.save()
-print(Token.objects.get_or_create(user=user)[0].key)
+print(token_issue(user=user).key)
 """
 
 

@@ -65,3 +65,45 @@ def test_flower_is_protected_and_every_app_service_has_database_and_redis(
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["REDIS_URL"].startswith("redis://redis:")
         assert env["DJANGO_SETTINGS_MODULE"] == "backend.config.settings.production"
+
+
+def test_only_a_tls_proxy_is_published_and_it_fronts_web_and_flower(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("caddy:")
+    assert any(port.endswith(":443") for port in proxy["ports"])
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in proxy["volumes"]}
+    caddyfile = REPO_ROOT / mounts["/etc/caddy/Caddyfile"]
+    text = caddyfile.read_text()
+    assert "reverse_proxy web:8000" in text and "reverse_proxy flower:5555" in text
+    assert services["web"]["expose"] == ["8000"] and services["flower"]["expose"] == ["5555"]
+    assert "--bind 0.0.0.0:8000" in " ".join(command_of(services["web"]))
+    assert "--port=5555" in command_of(services["flower"])
+
+
+def test_the_app_trusts_exactly_the_one_proxy_in_front_of_it(compose: dict[str, Any]) -> None:
+    env = compose["services"]["web"]["environment"]
+    assert env["TRUST_X_FORWARDED_PROTO"] == "true" and env["NUM_PROXIES"] == "1"
+    assert env["SECURE_SSL_REDIRECT"].endswith(":-true}")
+    assert "USE_X_FORWARDED_HOST" not in env  # Caddy passes the client's Host through
+
+
+def test_the_caddyfile_is_valid_for_caddy(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if not shutil.which("caddy"):
+        pytest.skip("caddy is not installed (.ci/run installs Debian's caddy)")
+    result = subprocess.run(
+        ["caddy", "validate", "--config", str(REPO_ROOT / "deploy" / "Caddyfile"),
+         "--adapter", "caddyfile"],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+             "XDG_CONFIG_HOME": str(tmp_path), "SITE_ADDRESS": "pneumo.example.org"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid configuration" in result.stdout + result.stderr

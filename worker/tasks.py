@@ -115,6 +115,26 @@ def sweep_stuck_images() -> dict[str, int]:
     return {"stuck_processing": outcome.stuck_processing, "lost_queued": outcome.lost_queued}
 
 
+@shared_task(name="worker.tasks.purge_expired_studies", acks_late=True)
+def purge_expired_studies() -> dict[str, int]:
+    """Delete studies past STUDY_RETENTION_DAYS with their files (a no-op when 0); runs
+    every RETENTION_INTERVAL_S on the `default` queue (celery beat). Idempotent."""
+    from backend.studies import deletion
+
+    return {"studies_deleted": deletion.studies_purge_expired(
+        retention_days=settings.STUDY_RETENTION_DAYS)}
+
+
+@shared_task(name="worker.tasks.sweep_orphan_files", acks_late=True)
+def sweep_orphan_files() -> dict[str, int]:
+    """Delete stored files that no row refers to, older than ORPHAN_FILE_GRACE_S; runs every
+    ORPHAN_SWEEP_INTERVAL_S on the `default` queue (celery beat). Idempotent."""
+    from backend.studies import deletion
+
+    outcome = deletion.storage_sweep_orphans(grace_s=settings.ORPHAN_FILE_GRACE_S)
+    return {"files_deleted": outcome.files_deleted, "files_kept_young": outcome.files_kept_young}
+
+
 WEBHOOK_MAX_RETRIES = 10
 
 

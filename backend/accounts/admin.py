@@ -6,7 +6,7 @@ from .models import Hospital, User
 
 @admin.register(Hospital)
 class HospitalAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_at"]
+    list_display = ["name", "upload_quota_bytes_per_day", "created_at"]
     search_fields = ["name"]
 
 

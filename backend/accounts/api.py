@@ -6,10 +6,14 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate, login, logout, update_session_auth_hash
+from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
 from drf_spectacular.utils import extend_schema
+from knox.auth import TokenAuthentication
+from knox.models import AuthToken
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import AllowAny
@@ -31,15 +35,17 @@ from .serializers import (
     MeSerializer,
     PasswordChangeInputSerializer,
     SignupInputSerializer,
+    SignupStateSerializer,
     TokenOutputSerializer,
 )
 from .services import (
     AccountError,
+    IssuedToken,
     SignupError,
     hospital_settings_update,
     member_create,
     member_update,
-    token_get_or_create,
+    token_issue,
     token_revoke,
     token_rotate,
     user_change_password,
@@ -52,6 +58,10 @@ INVALID_CREDENTIALS = "Invalid username or password."
 
 def _detail(message: str) -> dict[str, str]:
     return {"detail": message}
+
+
+def _token_body(token: IssuedToken) -> dict[str, object]:
+    return {"token": token.key, "expiry": token.expiry}
 
 
 def _authenticate(request: Request) -> User | None:
@@ -78,6 +88,11 @@ class SignupApi(APIView):
     authentication_classes: list = []
     throttle_classes = [AuthRateThrottle]
 
+    @extend_schema(request=None, responses={200: SignupStateSerializer})
+    def get(self, request: Request) -> Response:
+        """Whether sign-up is open (the web app hides it otherwise)."""
+        return Response({"enabled": settings.SIGNUP_ENABLED})
+
     @extend_schema(request=SignupInputSerializer, responses={201: MeSerializer})
     def post(self, request: Request) -> Response:
         if not settings.SIGNUP_ENABLED:
@@ -99,7 +114,10 @@ class SignupApi(APIView):
 
 
 class TokenApi(APIView):
-    """Exchange username and password for an API token (for scripts and integrations)."""
+    """Exchange username and password for a new API token (for scripts and integrations).
+
+    The token is shown in this answer only (it is stored hashed) and expires at `expiry`.
+    """
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
@@ -110,9 +128,52 @@ class TokenApi(APIView):
         user = _authenticate(request)
         if user is None:
             return Response(_detail(INVALID_CREDENTIALS), status=status.HTTP_400_BAD_REQUEST)
+        token = token_issue(user=user)
         audit_record(action=AuditEvent.Action.TOKEN_ISSUED, user=user, request=request,
                      object_type="user", object_id=user.id)
-        return Response({"token": token_get_or_create(user=user)})
+        return Response(_token_body(token))
+
+
+def _own_token(request: Request) -> AuthToken | None:
+    return request.auth if isinstance(request.auth, AuthToken) else None
+
+
+NOT_A_TOKEN = "Authenticate with the API token itself (Authorization: Token ...)."  # noqa: S105
+
+
+class TokenRotateApi(APIView):
+    """Replace the token this request is authenticated with by a new one (shown once)."""
+
+    authentication_classes = [TokenAuthentication]
+
+    @extend_schema(request=None, responses={201: TokenOutputSerializer})
+    def post(self, request: Request) -> Response:
+        current = _own_token(request)
+        if current is None:
+            return Response(_detail(NOT_A_TOKEN), status=status.HTTP_400_BAD_REQUEST)
+        token = token_rotate(user=request.user, current=current)
+        audit_record(action=AuditEvent.Action.TOKEN_ISSUED, user=request.user,
+                     request=request, object_type="user", object_id=request.user.id,
+                     detail={"rotated": True})
+        return Response(_token_body(token), status=status.HTTP_201_CREATED)
+
+
+class TokenRevokeApi(APIView):
+    """Revoke the token this request is authenticated with (`all=true`: every own token)."""
+
+    authentication_classes = [TokenAuthentication]
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request: Request) -> Response:
+        current = _own_token(request)
+        if current is None:
+            return Response(_detail(NOT_A_TOKEN), status=status.HTTP_400_BAD_REQUEST)
+        every = str(request.query_params.get("all", "")).lower() in ("1", "true", "yes")
+        revoked = token_revoke(user=request.user, current=None if every else current)
+        audit_record(action=AuditEvent.Action.TOKEN_REVOKED, user=request.user,
+                     request=request, object_type="user", object_id=request.user.id,
+                     detail={"tokens": revoked})
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 @method_decorator(ensure_csrf_cookie, name="dispatch")
@@ -185,8 +246,11 @@ class MemberListCreateApi(APIView):
 
     @extend_schema(responses={200: MemberSerializer(many=True)})
     def get(self, request: Request) -> Response:
+        live = Q(auth_token_set__expiry__isnull=True) | Q(
+            auth_token_set__expiry__gt=timezone.now())
         members = (User.objects.filter(hospital_id=request.user.hospital_id)
-                   .select_related("auth_token").order_by("username"))
+                   .annotate(active_tokens=Count("auth_token_set", filter=live))
+                   .order_by("username"))
         return Response(MemberSerializer(members, many=True).data)
 
     @extend_schema(request=MemberCreateInputSerializer, responses={201: MemberSerializer})
@@ -222,7 +286,7 @@ class MemberDetailApi(APIView):
 
 
 class MemberTokenApi(APIView):
-    """Admins issue (or rotate) and revoke the API tokens of their hospital's members."""
+    """Admins issue a member's token (revoking the member's others) or revoke them all."""
 
     permission_classes = [IsHospitalAdmin]
 
@@ -232,11 +296,11 @@ class MemberTokenApi(APIView):
         if not member.is_active:
             return Response(_detail("This account is deactivated."),
                             status=status.HTTP_400_BAD_REQUEST)
-        key = token_rotate(user=member)
+        token = token_rotate(user=member)
         audit_record(action=AuditEvent.Action.TOKEN_ISSUED, user=request.user,
                      request=request, object_type="user", object_id=member.id,
                      detail={"rotated_by_admin": True})
-        return Response({"token": key}, status=status.HTTP_201_CREATED)
+        return Response(_token_body(token), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request: Request, member_id: int) -> Response:

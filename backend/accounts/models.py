@@ -18,6 +18,12 @@ class Hospital(models.Model):
                                   default=ScopeMode.ENFORCE)
     webhook_url = models.URLField(blank=True, default="")
     webhook_secret = models.CharField(max_length=128, blank=True, default="")
+    # Bytes of images the hospital may upload in any 24 hours (0 = no limit); empty = the
+    # installation's UPLOAD_QUOTA_BYTES_PER_DAY.
+    upload_quota_bytes_per_day = models.PositiveBigIntegerField(
+        null=True, blank=True,
+        help_text="Bytes of images per 24 hours (0 = no limit); empty = the default.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,13 +12,18 @@ class SignupInputSerializer(serializers.Serializer):
     hospital = serializers.CharField(max_length=200)
 
 
+class SignupStateSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+
+
 class CredentialsSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150)
     password = serializers.CharField(write_only=True, style={"input_type": "password"})
 
 
 class TokenOutputSerializer(serializers.Serializer):
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Shown once: only its hash is stored.")
+    expiry = serializers.DateTimeField(allow_null=True)
 
 
 class PasswordChangeInputSerializer(serializers.Serializer):
@@ -55,7 +60,13 @@ class MemberSerializer(serializers.ModelSerializer):
                   "has_token"]
 
     def get_has_token(self, user: User) -> bool:
-        return hasattr(user, "auth_token")
+        """Whether the member holds an unexpired API token."""
+        active = getattr(user, "active_tokens", None)
+        if active is None:
+            from .services import tokens_active
+
+            return tokens_active(user=user).exists()
+        return active > 0
 
 
 class HospitalSettingsSerializer(serializers.Serializer):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+from knox.models import AuthToken
 
 from .models import Hospital, User
 
@@ -87,7 +93,7 @@ def member_update(
     if is_active is not None:
         member.is_active = is_active
         if not is_active:
-            Token.objects.filter(user=member).delete()
+            token_revoke(user=member)
     member.save(update_fields=["role", "is_active"])
     return member
 
@@ -99,24 +105,56 @@ def user_change_password(*, user: User, old_password: str, new_password: str) ->
     _check_password(new_password, user=user)
     user.set_password(new_password)
     user.save(update_fields=["password"])
-    Token.objects.filter(user=user).delete()
+    token_revoke(user=user)
 
 
-def token_get_or_create(*, user: User) -> str:
-    token, _ = Token.objects.get_or_create(user=user)
-    return token.key
+@dataclass(frozen=True)
+class IssuedToken:
+    """A new API token: `key` is shown once and never stored (only its hash is)."""
+
+    key: str
+    expiry: datetime | None
 
 
-def token_rotate(*, user: User) -> str:
-    """Replace the user's token with a new one (the old one stops working)."""
-    with transaction.atomic():
-        Token.objects.filter(user=user).delete()
-        return Token.objects.create(user=user).key
+def tokens_active(*, user: User) -> QuerySet[AuthToken]:
+    return AuthToken.objects.filter(user=user).filter(
+        Q(expiry__isnull=True) | Q(expiry__gt=timezone.now()))
 
 
-def token_revoke(*, user: User) -> bool:
-    deleted, _ = Token.objects.filter(user=user).delete()
-    return bool(deleted)
+@transaction.atomic
+def token_issue(*, user: User) -> IssuedToken:
+    """A new API token for the user, stored hashed and expiring after API_TOKEN_TTL_HOURS.
+
+    Each call makes a new token (each script or device has its own). Past
+    API_TOKENS_PER_USER the oldest ones are revoked, so repeated calls cannot pile up tokens.
+    """
+    AuthToken.objects.filter(user=user, expiry__lte=timezone.now()).delete()
+    keep = max(0, settings.API_TOKENS_PER_USER - 1)
+    stale = list(AuthToken.objects.filter(user=user).order_by("-created")
+                 .values_list("digest", flat=True)[keep:])
+    if stale:
+        AuthToken.objects.filter(digest__in=stale).delete()
+    instance, key = AuthToken.objects.create(user=user)
+    return IssuedToken(key=key, expiry=instance.expiry)
+
+
+@transaction.atomic
+def token_rotate(*, user: User, current: AuthToken | None = None) -> IssuedToken:
+    """A new token replacing `current` (the caller's own), or all of the user's tokens."""
+    tokens = AuthToken.objects.filter(user=user)
+    if current is not None:
+        tokens = tokens.filter(digest=current.digest)
+    tokens.delete()
+    return token_issue(user=user)
+
+
+def token_revoke(*, user: User, current: AuthToken | None = None) -> int:
+    """Revoke `current` (one token of the user), or every token of the user."""
+    tokens = AuthToken.objects.filter(user=user)
+    if current is not None:
+        tokens = tokens.filter(digest=current.digest)
+    deleted, _ = tokens.delete()
+    return deleted
 
 
 def hospital_settings_update(*, hospital: Hospital, scope_mode: str | None = None

@@ -20,7 +20,7 @@ from rest_framework.throttling import SimpleRateThrottle
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _parse_rate(rate: str | None) -> tuple[int | None, int | None]:
+def parse_rate(rate: str | None) -> tuple[int | None, int | None]:
     """'5/15m' -> (5, 900); plain DRF forms such as '20/min' or '100/h' work too."""
     if rate is None:
         return None, None
@@ -34,7 +34,7 @@ class AuthRateThrottle(SimpleRateThrottle):
     scope = "auth"
 
     def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
-        return _parse_rate(rate)
+        return parse_rate(rate)
 
     def allow_request(self, request: Request, view: Any) -> bool:
         if request.method in ("GET", "HEAD", "OPTIONS"):
@@ -51,7 +51,7 @@ class LoginFailureLockout(SimpleRateThrottle):
     scope = "login_failures"
 
     def parse_rate(self, rate: str | None) -> tuple[int | None, int | None]:
-        return _parse_rate(rate)
+        return parse_rate(rate)
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
         username = request.data.get("username") if hasattr(request.data, "get") else None

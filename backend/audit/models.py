@@ -25,7 +25,9 @@ class AuditEvent(models.Model):
         STUDY_EXPORTED = "study.exported"
         STUDY_CANCELLED = "study.cancelled"
         STUDY_RETRIED = "study.retried"
+        STUDY_DELETED = "study.deleted"
         IMAGE_DOWNLOADED = "image.downloaded"
+        STORAGE_ORPHANS_DELETED = "storage.orphans_deleted"
 
     hospital = models.ForeignKey(
         Hospital, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_events"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 
 from backend.accounts.models import Hospital, User
@@ -12,10 +14,23 @@ from .models import AuditEvent
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
-    """The peer address as Django sees it (set the proxy's real-IP header into REMOTE_ADDR)."""
+    """The client's address: the peer's, or with NUM_PROXIES trusted reverse proxies in
+    front, the address the outermost of them saw (X-Forwarded-For, as DRF's throttles read
+    it). Without NUM_PROXIES a client's own X-Forwarded-For is ignored: it could be forged."""
     if request is None:
         return None
-    return request.META.get("REMOTE_ADDR") or None
+    remote = request.META.get("REMOTE_ADDR") or None
+    proxies = settings.NUM_PROXIES
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if proxies and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            candidate = hops[-min(proxies, len(hops))]
+            try:
+                return str(ipaddress.ip_address(candidate))
+            except ValueError:
+                return remote
+    return remote
 
 
 def audit_record(

@@ -3,14 +3,16 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from backend.core.api import HealthApi
+from backend.core.api import LivenessApi, ReadinessApi
 from backend.core.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/auth/", include("backend.accounts.urls")),
     path("api/hospital/", include("backend.accounts.hospital_urls")),
-    path("api/health/", HealthApi.as_view(), name="health"),
+    path("api/health/", ReadinessApi.as_view(), name="health"),
+    path("api/health/ready/", ReadinessApi.as_view(), name="health-ready"),
+    path("api/health/live/", LivenessApi.as_view(), name="health-live"),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),

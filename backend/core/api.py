@@ -9,34 +9,41 @@ from rest_framework.views import APIView
 
 from . import health
 
+READINESS = inline_serializer(
+    "Health",
+    {
+        "status": serializers.CharField(),
+        "problems": serializers.ListField(child=serializers.CharField()),
+        "workers": serializers.ListField(child=serializers.CharField()),
+        "checked_at": serializers.FloatField(help_text="Unix time of the check (cached)."),
+    },
+)
 
-class HealthApi(APIView):
-    """Database, Redis and at least one worker must answer for the system to be healthy."""
+
+class LivenessApi(APIView):
+    """The web process answers: no dependency is checked (for restart decisions)."""
 
     permission_classes = [AllowAny]
     authentication_classes: list = []
 
-    @extend_schema(
-        responses={
-            200: inline_serializer(
-                "Health",
-                {
-                    "status": serializers.CharField(),
-                    "problems": serializers.ListField(child=serializers.CharField()),
-                    "workers": serializers.ListField(child=serializers.CharField()),
-                },
-            )
-        }
-    )
+    @extend_schema(responses={200: inline_serializer("Liveness",
+                                                     {"status": serializers.CharField()})})
     def get(self, request: Request) -> Response:
-        problems = [p for p in (health.check_database(), health.check_redis()) if p]
-        workers: list[str] = []
-        if not problems:
-            workers, problem = health.check_workers()
-            if problem:
-                problems.append(problem)
-        ok = not problems
+        return Response({"status": "ok"})
+
+
+class ReadinessApi(APIView):
+    """Database, Redis and at least one worker answer (checked at most once per
+    HEALTH_CACHE_S for all web processes; for load balancers and monitoring)."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    @extend_schema(responses={200: READINESS, 503: READINESS})
+    def get(self, request: Request) -> Response:
+        ready = health.readiness()
         return Response(
-            {"status": "ok" if ok else "degraded", "problems": problems, "workers": workers},
-            status=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE,
+            {"status": "ok" if ready.ok else "degraded", "problems": ready.problems,
+             "workers": ready.workers, "checked_at": ready.checked_at},
+            status=status.HTTP_200_OK if ready.ok else status.HTTP_503_SERVICE_UNAVAILABLE,
         )

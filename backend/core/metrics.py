@@ -112,15 +112,17 @@ class PneumoScanCollector:
 
 def _authorised(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
-    if not token:
-        return True
     header = request.headers.get("Authorization", "")
     return hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
 
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not _authorised(request):
+    if not settings.METRICS_TOKEN:
+        if not settings.METRICS_PUBLIC:
+            return HttpResponse("Forbidden: set METRICS_TOKEN to enable /metrics.\n",
+                                status=403, content_type="text/plain")
+    elif not _authorised(request):
         return HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PneumoScanCollector())  # type: ignore[arg-type]

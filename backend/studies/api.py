@@ -8,19 +8,20 @@ from uuid import UUID
 from django.db.models import prefetch_related_objects
 from django.http import FileResponse, Http404, HttpResponse
 from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from backend.accounts.permissions import HasHospital
+from backend.accounts.permissions import HasHospital, IsHospitalAdmin
 from backend.audit.models import AuditEvent
 from backend.audit.services import audit_record
 from ml.decode import ImageDecodeError
 
-from . import exports, previews, selectors, services
+from . import deletion, exports, previews, selectors, services
+from .quotas import HospitalUploadQuota, UploadRateThrottle
 from .serializers import (
     ImageSerializer,
     StudyActionOutputSerializer,
@@ -44,6 +45,15 @@ class StudyPagination(PageNumberPagination):
 class StudyListCreateApi(APIView):
     permission_classes = [HasHospital]
     parser_classes = [MultiPartParser, FormParser]
+    # Uploads only (POST): a rate per user, then the hospital's bytes per 24 hours.
+    throttle_classes = [UploadRateThrottle, HospitalUploadQuota]
+
+    def check_throttles(self, request: Request) -> None:
+        # The first limit reached answers 429 with its own reason and Retry-After.
+        for throttle in self.get_throttles():
+            if not throttle.allow_request(request, self):
+                raise exceptions.Throttled(wait=throttle.wait(),
+                                           detail=getattr(throttle, "detail", None))
 
     @extend_schema(parameters=[StudyFilterSerializer],
                    responses={200: StudySerializer(many=True)})
@@ -84,8 +94,8 @@ class StudyListCreateApi(APIView):
             audit_record(
                 action=AuditEvent.Action.STUDY_UPLOADED, user=request.user, request=request,
                 object_type="study", object_id=study.id,
-                detail={"accepted": len(outcome.accepted), "rejected": len(outcome.rejected),
-                        "files": [i.original_name for i in outcome.accepted][:100]},
+                # Counts only: file names can carry patient names (the audit log keeps none).
+                detail={"accepted": len(outcome.accepted), "rejected": len(outcome.rejected)},
             )
         # One query for the (absent) results of every accepted image, not one per image: a
         # 500-file upload otherwise made 500 queries after its commit, beside the workers.
@@ -100,6 +110,12 @@ class StudyListCreateApi(APIView):
 class StudyDetailApi(APIView):
     permission_classes = [HasHospital]
 
+    def get_permissions(self) -> list[Any]:
+        # Deleting patient data is for the hospital's admins.
+        if self.request.method == "DELETE":
+            return [IsHospitalAdmin()]
+        return super().get_permissions()
+
     @extend_schema(responses={200: StudyDetailSerializer})
     def get(self, request: Request, study_id: UUID) -> Response:
         study = selectors.study_get(user=request.user, study_id=study_id)
@@ -107,6 +123,14 @@ class StudyDetailApi(APIView):
         audit_record(action=AuditEvent.Action.STUDY_VIEWED, user=request.user,
                      request=request, object_type="study", object_id=study.id)
         return Response(StudyDetailSerializer(study, context={"images": images}).data)
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request, study_id: UUID) -> Response:
+        """Delete the study with its images, results and every stored file (audited)."""
+        study = selectors.study_get(user=request.user, study_id=study_id)
+        deletion.study_delete(study_id=study.id, user=request.user, reason="api",
+                              request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class StudyImagesApi(APIView):

@@ -22,6 +22,9 @@ from .models import Study
 INFER_TASK = "worker.tasks.infer_images"
 WEBHOOK_TASK = "worker.tasks.deliver_webhook"
 SWEEP_TASK = "worker.tasks.sweep_stuck_images"
+# PHI lifecycle (scheduled by beat; backend/studies/deletion.py does the work).
+PURGE_EXPIRED_TASK = "worker.tasks.purge_expired_studies"
+SWEEP_ORPHANS_TASK = "worker.tasks.sweep_orphan_files"
 
 INFERENCE_QUEUE = "inference"
 DEFAULT_QUEUE = "default"

@@ -69,7 +69,6 @@ def _image_summary(image: Image) -> dict[str, Any]:
     result = getattr(image, "result", None)
     return {
         "id": str(image.id),
-        "file_name": image.original_name,
         "status": image.status,
         "sop_instance_uid": image.sop_instance_uid,
         "label": (result.label or None) if result else None,

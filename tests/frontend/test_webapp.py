@@ -350,3 +350,16 @@ def test_flags_retry_and_cancel(page: Any, xray_paths: list[Path]) -> None:
     page.get_by_role("button", name="Cancel").click()
     expect(page.locator(".title-row .badge")).to_have_text("Cancelled")
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+
+
+def test_closed_sign_up_is_not_offered(page: Any, settings: Any) -> None:
+    """Production settings close sign-up: the web app says who adds hospitals instead."""
+    from playwright.sync_api import expect
+
+    settings.SIGNUP_ENABLED = False
+    page.goto("/#/login")
+    expect(page.get_by_text("New hospitals are added by the operator")).to_be_visible()
+    expect(page.get_by_role("link", name="Create an account")).to_have_count(0)
+    page.goto("/#/signup")
+    expect(page.get_by_role("alert")).to_contain_text("Sign-up is closed")
+    expect(page.get_by_role("button", name="Create account")).to_have_count(0)

@@ -60,3 +60,14 @@ def test_metrics_token(client: Any, settings: Any, db: None) -> None:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert scrape(client, HTTP_AUTHORIZATION="Bearer s3cret")["pneumoscan_broker_up"]
+
+
+def test_metrics_without_a_token_are_refused_unless_public(client: Any, settings: Any,
+                                                           db: None) -> None:
+    """Production settings never make /metrics public (tests/backend/config/test_settings.py)."""
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = False
+    refused = client.get("/metrics")
+    assert refused.status_code == 403 and b"METRICS_TOKEN" in refused.content
+    settings.METRICS_PUBLIC = True
+    assert scrape(client)["pneumoscan_broker_up"]

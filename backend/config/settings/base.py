@@ -6,6 +6,7 @@ derive from these values.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -24,6 +25,18 @@ SECRET_KEY: str | None = env.str("SECRET_KEY", default=None)
 DEBUG: bool = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Headers set by a reverse proxy are trusted only when configured: a client that reaches
+# Django directly could otherwise claim HTTPS, another host or another address.
+# X-Forwarded-Proto: https marks a request as secure (the proxy terminates TLS).
+TRUST_X_FORWARDED_PROTO: bool = env.bool("TRUST_X_FORWARDED_PROTO", default=False)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_X_FORWARDED_PROTO else None
+)
+# X-Forwarded-Host replaces Host (still checked against ALLOWED_HOSTS).
+USE_X_FORWARDED_HOST: bool = env.bool("USE_X_FORWARDED_HOST", default=False)
+# Reverse proxies in front of Django whose X-Forwarded-For is trusted (throttling and the
+# audit log's client address); 0 = the peer address only.
+NUM_PROXIES: int = env.int("NUM_PROXIES", default=0)
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{REPO_ROOT / 'var' / 'db.sqlite3'}")
 }
@@ -32,6 +45,7 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 REDIS_URL: str = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(REPO_ROOT / "var" / "media")))
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(REPO_ROOT / "var" / "static")))
+# Open sign-up of new hospitals (on here and in local/test; production defaults it off).
 SIGNUP_ENABLED: bool = env.bool("SIGNUP_ENABLED", default=True)
 MODEL_CHECKPOINT_BINARY: str = env.str(
     "MODEL_CHECKPOINT_BINARY", default=str(REPO_ROOT / "ml" / "weights" / "binary.pt")
@@ -56,6 +70,20 @@ MAX_ZIP_RATIO: int = env.int("MAX_ZIP_RATIO", default=100)
 # Failed-login lockout and request rate of the login, token and sign-up endpoints.
 AUTH_RATE: str = env.str("AUTH_RATE", default="20/m")
 LOGIN_FAILURE_RATE: str = env.str("LOGIN_FAILURE_RATE", default="5/15m")
+# API tokens (django-rest-knox): stored hashed, valid this long, at most this many per user
+# (issuing one more revokes the oldest).
+API_TOKEN_TTL_HOURS: int = env.int("API_TOKEN_TTL_HOURS", default=30 * 24)
+API_TOKENS_PER_USER: int = env.int("API_TOKENS_PER_USER", default=10)
+# Upload requests per user (POST /api/studies/), answered 429 with Retry-After beyond it.
+UPLOAD_RATE: str = env.str("UPLOAD_RATE", default="120/m")
+# Bytes of images a hospital may upload in any 24 hours (0 = no limit); a hospital's own
+# `upload_quota_bytes_per_day` (Django admin) overrides it.
+UPLOAD_QUOTA_BYTES_PER_DAY: int = env.int("UPLOAD_QUOTA_BYTES_PER_DAY", default=20 * 1024**3)
+# Studies are deleted with their files this many days after upload (0 = kept until deleted).
+STUDY_RETENTION_DAYS: int = env.int("STUDY_RETENTION_DAYS", default=0)
+# Files in storage that no row refers to are deleted by the orphan sweep once older than
+# this (longer than any upload takes: an upload stores files before its rows commit).
+ORPHAN_FILE_GRACE_S: int = env.int("ORPHAN_FILE_GRACE_S", default=24 * 3600)
 # Images per inference task (the web splits studies into chunks; a worker runs a chunk as a
 # pipeline of INFERENCE_BATCH_SIZE batches, so per-task costs are paid once per chunk).
 INFERENCE_CHUNK_SIZE: int = env.int("INFERENCE_CHUNK_SIZE", default=128)
@@ -64,7 +92,8 @@ LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 
 # --- Django ---------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with a throttled login (backend/accounts/admin_site.py).
+    "backend.accounts.apps.PneumoAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -72,7 +101,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "backend.accounts",
     "backend.studies",
@@ -144,17 +173,23 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     # Throttle history lives in the cache (Redis), shared by every web process.
-    "DEFAULT_THROTTLE_RATES": {"auth": AUTH_RATE, "login_failures": LOGIN_FAILURE_RATE},
-    # Reverse proxies in front of Django whose X-Forwarded-For is trusted; 0 = use the peer
-    # address only, so a client cannot dodge the throttle by sending its own X-Forwarded-For.
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+    "DEFAULT_THROTTLE_RATES": {"auth": AUTH_RATE, "login_failures": LOGIN_FAILURE_RATE,
+                               "upload": UPLOAD_RATE},
+    # 0 = the peer address only, so a client cannot dodge a throttle with its own
+    # X-Forwarded-For (see NUM_PROXIES above).
+    "NUM_PROXIES": NUM_PROXIES,
+}
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=API_TOKEN_TTL_HOURS),
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",
 }
 CACHES = {
     "default": {
@@ -225,6 +260,18 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("SWEEP_INTERVAL_S", default=60.0),
         "options": {"queue": "default", "expires": 60},
     },
+    # PHI lifecycle: studies past STUDY_RETENTION_DAYS (a no-op when 0), then files that no
+    # row refers to.
+    "purge-expired-studies": {
+        "task": "worker.tasks.purge_expired_studies",
+        "schedule": env.float("RETENTION_INTERVAL_S", default=3600.0),
+        "options": {"queue": "default", "expires": 3600},
+    },
+    "sweep-orphan-files": {
+        "task": "worker.tasks.sweep_orphan_files",
+        "schedule": env.float("ORPHAN_SWEEP_INTERVAL_S", default=24 * 3600.0),
+        "options": {"queue": "default", "expires": 3600},
+    },
 }
 
 # --- Inference worker ---------------------------------------------------------------------------
@@ -264,8 +311,13 @@ CELERY_WORKER_CONCURRENCY = inference_processes(INFERENCE_PROCESSES, device=INFE
 INFERENCE_PRELOAD: bool = env.bool("INFERENCE_PRELOAD", default=True)
 
 # --- Metrics (/metrics for Prometheus) ----------------------------------------------------------
-# When set, a scrape must send `Authorization: Bearer <token>`.
+# A scrape must send `Authorization: Bearer <METRICS_TOKEN>`. Without a token /metrics answers
+# 403, unless METRICS_PUBLIC (local development and tests only; production ignores it).
 METRICS_TOKEN: str = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC: bool = env.bool("METRICS_PUBLIC", default=False)
+# Readiness (/api/health/, /api/health/ready/) is checked at most once per this many seconds
+# for all web processes together; a flood of health checks is answered from the cache.
+HEALTH_CACHE_S: float = env.float("HEALTH_CACHE_S", default=5.0)
 
 # --- Storage: local filesystem by default, S3-compatible object storage when configured -------
 STORAGE_BACKEND: str = env.str("STORAGE_BACKEND", default="filesystem")

@@ -9,7 +9,10 @@ if not SECRET_KEY:
     raise ImproperlyConfigured("SECRET_KEY must be set in the environment for production.")
 
 DEBUG = False
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# New hospitals are created by an operator (create_hospital_admin) unless enabled.
+SIGNUP_ENABLED = env.bool("SIGNUP_ENABLED", default=False)
+# /metrics always needs METRICS_TOKEN here (403 without one).
+METRICS_PUBLIC = False
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True

@@ -8,6 +8,7 @@ from .base import SECRET_KEY, STORAGES, env
 
 SECRET_KEY = SECRET_KEY or "test-key-not-secret"
 DEBUG = False
+METRICS_PUBLIC = True  # tests/worker/test_metrics.py checks the token and its absence
 DATABASES = {
     "default": env.db_url(
         "DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/pneumoscan"

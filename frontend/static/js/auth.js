@@ -48,10 +48,22 @@ export function loginView(main, { onLoggedIn }) {
   handleSubmit(form, error, async (data) => {
     onLoggedIn(await api("/api/auth/login/", { method: "POST", json: data }));
   }, "Log in failed.", () => form.elements.password.select());
-  setChildren(main, shell("Log in", "Pneumonia screening for chest X-ray batches.", form,
-    ["New hospital? ", h("a", { href: "#/signup" }, "Create an account")]));
+  const footer = h("span", {}, "New hospital? ", h("a", { href: "#/signup" }, "Create an account"));
+  setChildren(main, shell("Log in", "Pneumonia screening for chest X-ray batches.", form, footer));
+  signupOpen().then((open) => {
+    if (!open) setChildren(footer, "New hospitals are added by the operator of this installation.");
+  });
   form.elements.username.focus();
   return () => {};
+}
+
+// Whether this installation lets new hospitals sign up (off by default in production).
+async function signupOpen() {
+  try {
+    return (await api("/api/auth/signup/")).enabled !== false;
+  } catch {
+    return true;  // unknown: keep the link; the sign-up itself answers with the reason
+  }
 }
 
 export function signupView(main, { onLoggedIn }) {
@@ -73,6 +85,12 @@ export function signupView(main, { onLoggedIn }) {
   }, "Sign-up failed.");
   setChildren(main, shell("Create an account", "Register your hospital to start screening studies.", form,
     ["Already registered? ", h("a", { href: "#/login" }, "Log in")]));
+  signupOpen().then((open) => {
+    if (!open) {
+      form.replaceWith(h("p", { class: "form-error", role: "alert" },
+        "Sign-up is closed here: the operator of this installation adds new hospitals, and a hospital's admin adds its members."));
+    }
+  });
   form.elements.hospital.focus();
   return () => {};
 }

@@ -79,7 +79,9 @@ def test_session_login_without_csrf_token_is_refused() -> None:
 
 
 def test_signup_can_be_switched_off(settings: Any) -> None:
+    assert APIClient().get("/api/auth/signup/").json() == {"enabled": True}
     settings.SIGNUP_ENABLED = False
+    assert APIClient().get("/api/auth/signup/").json() == {"enabled": False}
     response = signup(APIClient(), "carol", "Kids Clinic")
     assert response.status_code == 403
     assert not User.objects.filter(username="carol").exists()
