@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
@@ -17,14 +16,13 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from backend.accounts.models import Hospital, User
-from backend.config.sizing import upload_decode_threads
 
-from .ingest import InspectedFile, Rejection, ZipLimits, expand_zip, inspect_file, is_zip
-from .models import Image, Result, Study, image_storage_name, working_copy_storage_name
+from .ingest import Rejection, ScreenedFile, ZipLimits, expand_zip, is_zip, screen_file
+from .models import Image, Result, Study, image_storage_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,67 +76,22 @@ def _candidates(uploads: Iterable[UploadedFile]) -> Iterator[tuple[str, bytes] |
         yield name, upload.read(limit + 1)
 
 
-@dataclass
-class StoredFiles:
-    """Storage names of one accepted upload: the original and its working copy, if any."""
+def _store_screened(
+    uploads: Iterable[UploadedFile], *, study_id: UUID, seen: set[str], room: int,
+    stored: list[str],
+) -> tuple[list[tuple[ScreenedFile, str]], list[Rejection]]:
+    """Screen every candidate (no decoding) and store each one that passes, one at a time.
 
-    original: str
-    working: str = ""
-
-    def delete(self) -> None:
-        for name in (self.original, self.working):
-            if name:
-                default_storage.delete(name)
-
-
-def _inspected(
-    candidates: Iterable[tuple[str, bytes] | Rejection],
-) -> Iterator[InspectedFile | Rejection]:
-    """Each candidate inspected (decoded and checked), in order, several files at a time.
-
-    Decoding is the cost of an upload (a compressed DICOM: 100-700 ms) and the decoders
-    release the GIL, so UPLOAD_DECODE_THREADS files are decoded at once; at most twice that
-    many are held in memory.
+    `seen` holds the SHA-256 of the files already in the study; `room` is how many more it
+    may hold. Every stored name is appended to `stored` at once, so the caller can remove
+    them if the rows are never committed.
     """
-    threads = upload_decode_threads(settings.UPLOAD_DECODE_THREADS)
-
-    def inspect(name: str, data: bytes) -> InspectedFile | Rejection:
-        return inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
-                            working_copies=settings.WORKING_COPIES)
-
-    window: deque[Future[InspectedFile | Rejection] | Rejection] = deque()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload-decode") as pool:
-        try:
-            for candidate in candidates:
-                window.append(candidate if isinstance(candidate, Rejection)
-                              else pool.submit(inspect, *candidate))
-                while len(window) > 2 * threads:
-                    yield _outcome(window.popleft())
-            while window:
-                yield _outcome(window.popleft())
-        finally:
-            for pending in window:  # the request failed: do not decode the rest
-                if isinstance(pending, Future):
-                    pending.cancel()
-
-
-def _outcome(item: Future[InspectedFile | Rejection] | Rejection) -> InspectedFile | Rejection:
-    return item if isinstance(item, Rejection) else item.result()
-
-
-def _inspect_and_store(
-    uploads: Iterable[UploadedFile], *, study_id: UUID, stored: list[StoredFiles]
-) -> tuple[list[tuple[InspectedFile, StoredFiles]], list[Rejection]]:
-    """Decode every candidate and store each valid one at once, so memory holds one file.
-
-    Every file written is appended to `stored` at once, so the caller can remove them all if
-    a later one fails.
-    """
-    accepted: list[tuple[InspectedFile, StoredFiles]] = []
+    accepted: list[tuple[ScreenedFile, str]] = []
     rejected: list[Rejection] = []
-    seen: set[str] = set()
-    for outcome in _inspected(_candidates(uploads)):
-        if not isinstance(outcome, Rejection) and len(accepted) >= settings.MAX_FILES_PER_STUDY:
+    for candidate in _candidates(uploads):
+        outcome = (candidate if isinstance(candidate, Rejection)
+                   else screen_file(*candidate, max_bytes=settings.MAX_UPLOAD_FILE_BYTES))
+        if not isinstance(outcome, Rejection) and len(accepted) >= room:
             outcome = Rejection(outcome.name, "A study holds at most "
                                               f"{settings.MAX_FILES_PER_STUDY} files.")
         if isinstance(outcome, Rejection):
@@ -148,19 +101,25 @@ def _inspect_and_store(
                                                     "(same SHA-256)."))
         else:
             seen.add(outcome.sha256)
-            files = StoredFiles(original=default_storage.save(
-                image_storage_name(study_id), ContentFile(outcome.data)))
-            stored.append(files)
-            if outcome.working_copy:
-                files.working = default_storage.save(
-                    working_copy_storage_name(study_id), ContentFile(outcome.working_copy))
-            accepted.append((_without_data(outcome), files))
+            name = default_storage.save(image_storage_name(study_id), ContentFile(outcome.data))
+            stored.append(name)
+            accepted.append((replace(outcome, data=b""), name))  # the bytes can be freed
     return accepted, rejected
 
 
-def _without_data(item: InspectedFile) -> InspectedFile:
-    """The inspection minus the file bytes (already stored), so they can be freed."""
-    return replace(item, data=b"", working_copy=b"", size=len(item.data))
+def _image_rows(study: Study, accepted: list[tuple[ScreenedFile, str]]) -> list[Image]:
+    return Image.objects.bulk_create([
+        Image(study=study, file=name, original_name=item.name[:500], sha256=item.sha256,
+              size_bytes=item.size, format=item.format)
+        for item, name in accepted
+    ])
+
+
+def _delete_uncommitted(stored: list[str]) -> None:
+    """Remove the files of rows that were never committed (the request failed before)."""
+    for name in stored:
+        with contextlib.suppress(Exception):  # best effort; the orphan sweep catches the rest
+            default_storage.delete(name)
 
 
 def study_create(
@@ -170,10 +129,15 @@ def study_create(
     name: str = "",
     accession_number: str = "",
     priority: str = Study.Priority.ROUTINE,
+    receiving: bool = False,
 ) -> StudyCreateOutcome:
-    """Store the valid files of an upload as a new study and queue them for inference.
+    """Store the files of an upload as a new study and queue them for the workers.
 
-    Invalid files are reported and never prevent their valid neighbours from being stored.
+    Nothing is decoded here: files are checked by size, leading bytes and duplicates, stored,
+    and decoded by the worker that classifies them (a file refused by its content then gets
+    the status `rejected`). Invalid files never prevent their neighbours from being stored.
+    With `receiving`, the study stays open for more parts (`study_append`) until
+    `study_close`; it may then start empty.
     """
     if len(uploads) > settings.MAX_FILES_PER_STUDY:
         return StudyCreateOutcome(
@@ -182,32 +146,64 @@ def study_create(
                                      f"files; {len(uploads)} were sent.")],
         )
     study_id = uuid.uuid4()
-    stored: list[StoredFiles] = []
+    stored: list[str] = []
+    committed = False
     try:
-        inspected, rejected = _inspect_and_store(uploads, study_id=study_id, stored=stored)
-        if not inspected:
+        accepted, rejected = _store_screened(uploads, study_id=study_id, seen=set(),
+                                             room=settings.MAX_FILES_PER_STUDY, stored=stored)
+        if not accepted and not receiving:
+            _delete_uncommitted(stored)
             return StudyCreateOutcome(study=None, rejected=rejected)
         with transaction.atomic():
             study = Study.objects.create(
                 id=study_id, hospital=user.hospital, created_by=user, name=name,
-                accession_number=accession_number, priority=priority,
+                accession_number=accession_number, priority=priority, receiving=receiving,
             )
-            images = Image.objects.bulk_create([
-                Image(
-                    study=study, file=files.original, working_file=files.working,
-                    original_name=item.name[:500], sha256=item.sha256,
-                    size_bytes=item.size, format=item.format,
-                    width=item.width, height=item.height, flags=item.flags, notes=item.notes,
-                    **item.fields,
-                )
-                for item, files in inspected
-            ])
-            transaction.on_commit(lambda: study_enqueue(study_id=study_id))
-    except BaseException:
-        for files in stored:
-            files.delete()
-        raise
+            images = _image_rows(study, accepted)
+            transaction.on_commit(lambda: study_enqueue_safely(study_id=study_id), robust=True)
+        committed = True
+    finally:
+        # Files are deleted only when their rows were never committed: once committed, an
+        # error in what follows (e.g. the broker is down) must never lose an accepted file.
+        if not committed:
+            _delete_uncommitted(stored)
     return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
+
+
+def study_append(*, study_id: UUID, uploads: Sequence[UploadedFile]) -> StudyCreateOutcome:
+    """Add one more part of files to a study that is still receiving (an upload in parts)."""
+    study = Study.objects.get(id=study_id)
+    if not study.receiving:
+        raise StudyStateError("This study is closed: create a study with receiving=true to "
+                              "upload it in several parts.")
+    existing = list(study.images.values_list("sha256", flat=True))
+    room = max(0, settings.MAX_FILES_PER_STUDY - len(existing))
+    stored: list[str] = []
+    committed = False
+    try:
+        accepted, rejected = _store_screened(uploads, study_id=study_id, seen=set(existing),
+                                             room=room, stored=stored)
+        with transaction.atomic():
+            study = Study.objects.select_for_update().get(id=study_id)
+            if not study.receiving:  # closed while this part was being stored
+                raise StudyStateError("This study was closed while the part was uploading.")
+            images = _image_rows(study, accepted)
+            Study.objects.filter(id=study_id).update(updated_at=timezone.now())
+            transaction.on_commit(lambda: study_enqueue_safely(study_id=study_id), robust=True)
+        committed = True
+    finally:
+        if not committed:
+            _delete_uncommitted(stored)
+    study_refresh_status(study_id=study_id)
+    return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
+
+
+def study_close(*, study_id: UUID) -> int:
+    """No more parts: the study finishes once its images do. Returns its number of images."""
+    Study.objects.filter(id=study_id, receiving=True).update(receiving=False,
+                                                              updated_at=timezone.now())
+    study = study_refresh_status(study_id=study_id)
+    return study.images.count()
 
 
 def study_cancel(*, study_id: UUID) -> int:
@@ -232,10 +228,10 @@ def study_retry(*, study_id: UUID) -> int:
         failed = study.images.filter(status=Image.Status.FAILED)
         # A user's retry gets a fresh attempts budget (the worker gives up after N claims).
         retried = failed.update(status=Image.Status.QUEUED, error="", started_at=None,
-                                finished_at=None, attempts=0)
+                                finished_at=None, attempts=0, sent_at=None, claimed_by="")
         if not retried:
             raise StudyStateError("This study has no failed images to retry.")
-        transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+        transaction.on_commit(lambda: study_enqueue_safely(study_id=study_id), robust=True)
     study_refresh_status(study_id=study_id)
     return retried
 
@@ -251,15 +247,25 @@ def webhook_enqueue(*, study_id: UUID) -> None:
 
 
 def study_enqueue(*, study_id: UUID) -> int:
-    """Send the study's queued images to the inference queue in chunks; returns tasks sent."""
-    from worker.celery_app import app  # the web process sends by name; it never runs tasks
+    """Send the study's queued images that have no message yet; returns tasks sent."""
+    ids = list(Image.objects.filter(study_id=study_id, status=Image.Status.QUEUED,
+                                    sent_at__isnull=True)
+               .order_by("created_at").values_list("id", flat=True))
+    return images_send(image_ids=ids)
 
-    study = Study.objects.get(id=study_id)
-    ids = [
-        str(pk) for pk in study.images.filter(status=Image.Status.QUEUED)
-        .order_by("created_at").values_list("id", flat=True)
-    ]
-    return inference_send(app=app, image_ids=ids, priority=queue_priority(study.priority))
+
+def study_enqueue_safely(*, study_id: UUID) -> int:
+    """`study_enqueue` after a commit: a broker outage must not fail the request.
+
+    The images stay `queued` without a message (`sent_at` NULL): the sweep sends them once
+    the broker is back (the outbox), and nothing stored is lost.
+    """
+    try:
+        return study_enqueue(study_id=study_id)
+    except Exception as exc:
+        logger.warning("Could not queue the images of study %s (%r); the sweep will send "
+                       "them once the broker is back", study_id, exc)
+        return 0
 
 
 def queue_priority(study_priority: str) -> int:
@@ -294,14 +300,22 @@ def chunk_split(items: Sequence[str], *, max_size: int) -> list[list[str]]:
     return [list(items[a:b]) for a, b in pairwise(bounds)]
 
 
-def derive_study_status(counts: dict[str, int], total: int) -> str:
-    """A study's status follows from the statuses of its images."""
+def derive_study_status(counts: dict[str, int], total: int, *, receiving: bool = False) -> str:
+    """A study's status follows from the statuses of its images.
+
+    Images rejected by their content count as errors next to the others (`done_with_errors`),
+    or make the study `failed` when none was classified. A study still receiving parts never
+    finishes: it is `processing` once anything started (`queued` before).
+    """
     unfinished = counts.get("queued", 0) + counts.get("processing", 0)
-    if unfinished:
-        return Study.Status.QUEUED if counts.get("queued", 0) == total else Study.Status.PROCESSING
+    if unfinished or receiving:
+        if counts.get("queued", 0) == total:
+            return Study.Status.QUEUED
+        return Study.Status.PROCESSING
     if counts.get("cancelled", 0):
         return Study.Status.CANCELLED
-    if not counts.get("failed", 0):
+    errors = counts.get("failed", 0) + counts.get("rejected", 0)
+    if not errors:
         return Study.Status.DONE
     if not counts.get("done", 0):
         return Study.Status.FAILED
@@ -316,7 +330,7 @@ def study_refresh_status(*, study_id: UUID) -> Study:
             **{s: Count("id", filter=Q(status=s)) for s in Image.Status.values},
         )
         total = agg.pop("total")
-        status = derive_study_status(agg, total)
+        status = derive_study_status(agg, total, receiving=study.receiving)
         if status != study.status:
             study.status = status
             finished = status in FINISHED_STATUSES
@@ -449,7 +463,12 @@ def images_fail_many(*, image_ids: Sequence[str | UUID], reason: str) -> int:
 
 
 def images_send(*, image_ids: Sequence[str | UUID]) -> int:
-    """Send images (of any studies) to the inference queue in chunks, at their study's priority."""
+    """Send images (of any studies) to the inference queue in chunks, at their study's
+    priority, and mark each chunk sent (`sent_at`) once the broker has it.
+
+    The first chunk the broker refuses stops the sending and raises: the images not sent keep
+    `sent_at` NULL, so the sweep sends them later.
+    """
     from worker.celery_app import app
 
     by_priority: dict[int, list[str]] = {}
@@ -457,50 +476,103 @@ def images_send(*, image_ids: Sequence[str | UUID]) -> int:
             .values_list("id", "study__priority"))
     for pk, study_priority in rows:
         by_priority.setdefault(queue_priority(study_priority), []).append(str(pk))
-    return sum(inference_send(app=app, image_ids=ids, priority=priority)
-               for priority, ids in sorted(by_priority.items()))
+    sent = 0
+    for priority, ids in sorted(by_priority.items()):
+        for chunk in chunk_split(ids, max_size=settings.INFERENCE_CHUNK_SIZE):
+            inference_send(app=app, image_ids=chunk, priority=priority)
+            Image.objects.filter(id__in=chunk).update(sent_at=timezone.now())
+            sent += 1
+    return sent
 
 
 @dataclass(frozen=True)
 class SweepOutcome:
     stuck_processing: int
     lost_queued: int
+    unsent: int = 0
+    reconciled: int = 0
+    closed: int = 0
 
 
 def images_requeue_stuck(
-    *, processing_deadline_s: float, queued_deadline_s: float, inference_queue_empty: bool
+    *, processing_deadline_s: float, queued_deadline_s: float, inference_queue_empty: bool,
+    unsent_grace_s: float = 30.0, receiving_timeout_s: float = 3600.0,
+    reconcile_after_s: float = 60.0,
 ) -> SweepOutcome:
-    """Requeue images a dead worker left in `processing` past the deadline.
+    """The periodic sweep: whatever a failure left behind is put back on its way.
 
-    Queued images older than `queued_deadline_s` are requeued too, but only when the inference
-    queue is empty (their message was lost, e.g. Redis restarted without persistence). Sending
-    an image twice is harmless: the worker skips finished images.
+    * images a lost worker left in `processing` past the deadline are requeued (the loss
+      counts as an attempt);
+    * queued images that never got a message (the broker was down: `sent_at` NULL) are sent;
+    * queued images whose message was lost (e.g. Redis restarted without persistence) are
+      sent again, but only when the inference queue is empty;
+    * studies whose status recomputation failed (all images finished, study still queued or
+      processing) are recomputed, which also sends their webhook;
+    * studies left receiving parts for `receiving_timeout_s` are closed.
+
+    Sending an image twice is harmless: the worker skips finished images.
     """
     now = timezone.now()
+    ago = lambda seconds: now - timezone.timedelta(seconds=seconds)  # noqa: E731
     stuck = list(
-        Image.objects.filter(
-            status=Image.Status.PROCESSING,
-            started_at__lt=now - timezone.timedelta(seconds=processing_deadline_s),
-        ).values_list("id", flat=True)[:5000]
+        Image.objects.filter(status=Image.Status.PROCESSING,
+                             started_at__lt=ago(processing_deadline_s))
+        .values_list("id", flat=True)[:5000]
+    )
+    unsent = list(
+        Image.objects.filter(status=Image.Status.QUEUED, sent_at__isnull=True,
+                             created_at__lt=ago(unsent_grace_s))
+        .values_list("id", flat=True)[:5000]
     )
     lost: list[UUID] = []
     if inference_queue_empty:
         lost = list(
-            Image.objects.filter(
-                status=Image.Status.QUEUED,
-                created_at__lt=now - timezone.timedelta(seconds=queued_deadline_s),
-            ).values_list("id", flat=True)[:5000]
+            Image.objects.filter(status=Image.Status.QUEUED,
+                                 sent_at__lt=ago(queued_deadline_s))
+            .values_list("id", flat=True)[:5000]
         )
     if stuck:
         # Back to queued so the study shows it is waiting again; started_at marks the requeue.
         Image.objects.filter(id__in=stuck, status=Image.Status.PROCESSING).update(
-            status=Image.Status.QUEUED, started_at=now)
+            status=Image.Status.QUEUED, started_at=now, attempts=F("attempts") + 1,
+            claimed_by="")
         for study_id in set(Image.objects.filter(id__in=stuck)
                             .values_list("study_id", flat=True)):
             study_refresh_status(study_id=study_id)
         logger.warning("Requeued %d images stuck in processing", len(stuck))
+    if unsent:
+        logger.warning("Sending %d queued images that never got a message", len(unsent))
     if lost:
         logger.warning("Requeued %d queued images whose message was lost", len(lost))
-    if stuck or lost:
-        images_send(image_ids=[*stuck, *lost])
-    return SweepOutcome(stuck_processing=len(stuck), lost_queued=len(lost))
+    if stuck or lost or unsent:
+        images_send(image_ids=[*stuck, *lost, *unsent])
+    closed = list(Study.objects.filter(receiving=True, updated_at__lt=ago(receiving_timeout_s))
+                  .values_list("id", flat=True)[:1000])
+    for study_id in closed:
+        study_close(study_id=study_id)
+    return SweepOutcome(stuck_processing=len(stuck), lost_queued=len(lost), unsent=len(unsent),
+                        reconciled=studies_reconcile(older_than_s=reconcile_after_s),
+                        closed=len(closed))
+
+
+def studies_reconcile(*, older_than_s: float) -> int:
+    """Recompute the status of unfinished studies whose images have all finished.
+
+    A recomputation that failed after the last results were stored (the database went away
+    between the two transactions) left such a study `processing` for ever, its webhook never
+    sent. Returns the number of studies fixed.
+    """
+    unfinished = Image.objects.filter(
+        study_id=OuterRef("pk"), status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
+    stale = list(
+        Study.objects.filter(status__in=[Study.Status.QUEUED, Study.Status.PROCESSING],
+                             receiving=False,
+                             updated_at__lt=timezone.now() - timezone.timedelta(
+                                 seconds=older_than_s))
+        .filter(~Exists(unfinished)).values_list("id", flat=True)[:1000]
+    )
+    for study_id in stale:
+        study_refresh_status(study_id=study_id)
+    if stale:
+        logger.warning("Recomputed the status of %d studies left unfinished", len(stale))
+    return len(stale)
