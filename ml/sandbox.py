@@ -54,8 +54,13 @@ class Inspection:
     working_copy: bytes = b""  # JPEG of those pixels when the original is costly to decode
 
 
-def inspect_bytes(data: bytes, *, working_copies: bool = True) -> Inspection:
-    """Decode once (in the current process): what `Sandbox.inspect` runs in its child."""
+def inspect_bytes(data: bytes, *, working_copies: bool = True,
+                  full_pixels: bool = False) -> Inspection:
+    """Decode once (in the current process): what `Sandbox.inspect` runs in its child.
+
+    `full_pixels`: the model needs more than a working copy's resolution, so the pixels come
+    back at full size (the working copy is still made).
+    """
     from ml.preprocess import (
         WORKING_COPY_SIDE,
         decode_image,
@@ -63,14 +68,16 @@ def inspect_bytes(data: bytes, *, working_copies: bool = True) -> Inspection:
         working_copy_pixels,
     )
 
-    decoded = decode_image(data, reduce_to=WORKING_COPY_SIDE if working_copies else None)
+    reduce = working_copies and not full_pixels
+    decoded = decode_image(data, reduce_to=WORKING_COPY_SIDE if reduce else None)
     height, width = decoded.shape
     pixels = decoded.pixels
     working = b""
     if working_copies and needs_working_copy(decoded.format, height, width):
         gray = working_copy_pixels(pixels)
         working = _jpeg(gray)
-        pixels = gray.astype(np.float32) / 255.0
+        if not full_pixels:
+            pixels = gray.astype(np.float32) / 255.0
     return Inspection(format=decoded.format, height=int(height), width=int(width),
                       metadata=dict(decoded.metadata), pixels=np.ascontiguousarray(pixels),
                       working_copy=working)
@@ -96,7 +103,8 @@ def _vm_size_bytes() -> int:
     return 0
 
 
-def _child_main(conn: Connection, memory_bytes: int, working_copies: bool) -> None:
+def _child_main(conn: Connection, memory_bytes: int, working_copies: bool,
+                full_pixels: bool) -> None:
     """The decoding child: one file at a time until the parent closes the pipe."""
     # What is mapped already (the interpreter, the decoders' libraries) plus the budget.
     with contextlib.suppress(OSError, ValueError):
@@ -114,7 +122,8 @@ def _child_main(conn: Connection, memory_bytes: int, working_copies: bool) -> No
         too_big = ("decoding this image needs more memory than the limit of "
                    f"{memory_bytes // 2**20} MB")
         try:
-            _send(conn, inspect_bytes(data, working_copies=working_copies))
+            _send(conn, inspect_bytes(data, working_copies=working_copies,
+                                      full_pixels=full_pixels))
             continue
         except ImageDecodeError as exc:
             reason = str(exc)
@@ -151,10 +160,10 @@ def _receive(conn: Connection) -> Inspection:
 
 
 class _Child:
-    def __init__(self, context: Any, memory_bytes: int, working_copies: bool) -> None:
+    def __init__(self, context: Any, *args: Any) -> None:
         self.conn, child_conn = context.Pipe()
         self.process = context.Process(target=_child_main, name="decode-sandbox", daemon=True,
-                                       args=(child_conn, memory_bytes, working_copies))
+                                       args=(child_conn, *args))
         self.process.start()
         child_conn.close()
 
@@ -171,8 +180,9 @@ class Sandbox:
     """A few decoding children shared by the threads of one process (thread-safe)."""
 
     def __init__(self, *, processes: int, memory_bytes: int, time_limit_s: float,
-                 working_copies: bool = True) -> None:
+                 working_copies: bool = True, full_pixels: bool = False) -> None:
         self.processes = max(1, processes)
+        self.full_pixels = full_pixels
         self.memory_bytes = memory_bytes
         self.time_limit_s = time_limit_s
         self.working_copies = working_copies
@@ -184,6 +194,9 @@ class Sandbox:
         self._context.set_forkserver_preload([DECODER_MODULE])
         self._pid = os.getpid()
 
+    def _spawn(self) -> _Child:
+        return _Child(self._context, self.memory_bytes, self.working_copies, self.full_pixels)
+
     def _take(self) -> _Child:
         with self._lock:
             if self._closed:
@@ -191,7 +204,7 @@ class Sandbox:
             if self._idle.empty() and self._started < self.processes:
                 self._started += 1
                 try:
-                    return _Child(self._context, self.memory_bytes, self.working_copies)
+                    return self._spawn()
                 except BaseException:
                     self._started -= 1
                     raise
@@ -214,7 +227,7 @@ class Sandbox:
                     child.conn.send_bytes(data)
                 except OSError:  # the idle child died meanwhile: not this file's doing
                     child.stop()
-                    child = _Child(self._context, self.memory_bytes, self.working_copies)
+                    child = self._spawn()
                     child.conn.send_bytes(data)
                 ready = child.conn.poll(self.time_limit_s)
                 if not ready:
@@ -254,13 +267,15 @@ _sandbox: Sandbox | None = None
 _sandbox_lock = threading.Lock()
 
 
-def shared_sandbox(*, processes: int, memory_bytes: int, time_limit_s: float) -> Sandbox:
+def shared_sandbox(*, processes: int, memory_bytes: int, time_limit_s: float,
+                   full_pixels: bool = False) -> Sandbox:
     """This process's sandbox, created on first use (so never before a fork)."""
     global _sandbox
     with _sandbox_lock:
         if _sandbox is None or _sandbox._pid != os.getpid():
             _sandbox = Sandbox(processes=processes, memory_bytes=memory_bytes,
-                               time_limit_s=time_limit_s)
+                               time_limit_s=time_limit_s, working_copies=not full_pixels,
+                               full_pixels=full_pixels)
         return _sandbox
 
 

@@ -45,15 +45,18 @@ import numpy as np
 import torch
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import close_old_connections, connections
 
 from backend.config.sizing import torch_threads
 from backend.studies import services
-from backend.studies.models import Image, Result
+from backend.studies.ingest import image_details
+from backend.studies.models import Image, Result, working_copy_storage_name
 from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image, preprocess
+from ml.sandbox import DecodeRefused, Sandbox
 
 from .signals import pool_processes
 from .tuning import MemoryTrimmer, freeze_startup_objects, idle_priority, tune_allocator
@@ -82,6 +85,7 @@ class ChunkReport:
     skipped: int
     seconds: float
     stages: dict[str, float] | None = None  # seconds per step: claim, prepare, forward, ...
+    rejected: int = 0  # refused by their content when decoded
 
 
 _models: Models | None = None
@@ -214,39 +218,90 @@ class _Prepared:
     image: Image
     binary_x: torch.Tensor
     etiology_x: torch.Tensor | None
+    details: dict[str, Any] = field(default_factory=dict)  # fields the first decode fills in
 
 
-def _read_pixels(image: Image, models: Models) -> np.ndarray:
-    """The image's pixels: from its working copy when it has one that serves the models.
+@dataclass(frozen=True)
+class _Unusable:
+    reason: str
+    rejected: bool  # refused by its content (status `rejected`), else `failed`
 
-    The copy was decoded from the original at upload; a DICOM or full-size radiograph then
-    costs ~1 ms here instead of 20-700 ms. An unreadable copy falls back to the original.
+
+_sandbox: Sandbox | None = None
+
+
+def decode_sandbox(models: Models) -> Sandbox:
+    """This process's decoding children (ml.sandbox), started on first use, after the fork."""
+    global _sandbox
+    with _lock:
+        if _sandbox is None:
+            _sandbox = Sandbox(
+                processes=settings.DECODE_PROCESSES or settings.INFERENCE_IO_THREADS
+                or os.cpu_count() or 1,
+                memory_bytes=settings.DECODE_MEMORY_LIMIT_MB * 2**20,
+                time_limit_s=settings.DECODE_TIME_LIMIT_S,
+                working_copies=settings.WORKING_COPIES,
+                full_pixels=models.max_input_size > WORKING_COPY_SIDE,
+            )
+        return _sandbox
+
+
+def close_decode_sandbox() -> None:
+    global _sandbox
+    with _lock:
+        sandbox, _sandbox = _sandbox, None
+    if sandbox is not None:
+        sandbox.close()
+
+
+def _read_pixels(image: Image, models: Models) -> tuple[np.ndarray, dict[str, Any]]:
+    """The image's model-ready pixels, and the Image fields to fill in on its first decode.
+
+    An image decoded before (a retry) with a working copy that serves the models is read from
+    that copy, our own small JPEG (~1 ms). Otherwise the original is decoded once, in the
+    sandbox: untrusted bytes never reach a decoder in this process. The first decode also
+    yields the format, size, DICOM fields and a working copy (stored for later reads).
     """
     if image.working_file and models.max_input_size <= WORKING_COPY_SIDE:
         try:
             with image.working_file.open("rb") as handle:
-                return decode_image(handle.read()).pixels
+                return decode_image(handle.read()).pixels, {}
         except (ImageDecodeError, FileNotFoundError) as exc:
             logger.warning("Working copy of image %s unreadable (%s); reading the original",
                            image.id, exc)
     with image.file.open("rb") as handle:
-        return decode_image(handle.read()).pixels
+        data = handle.read()
+    inspection = decode_sandbox(models).inspect(data)
+    details: dict[str, Any] = {}
+    if image.width is None:
+        details = image_details(image.original_name, fmt=inspection.format,
+                                height=inspection.height, width=inspection.width,
+                                metadata=inspection.metadata)
+    if inspection.working_copy and not image.working_file:
+        details["working_file"] = default_storage.save(
+            working_copy_storage_name(image.study_id), ContentFile(inspection.working_copy))
+    assert inspection.pixels is not None
+    return inspection.pixels, details
 
 
-def _prepare(image: Image, models: Models) -> _Prepared | str:
-    """Read, decode and preprocess one image; a string is the reason it cannot be read."""
+def _prepare(image: Image, models: Models) -> _Prepared | _Unusable:
+    """Read, decode and preprocess one image, or why it cannot be used.
+
+    Storage errors other than a missing file propagate: they are transient (the task retries).
+    """
     try:
-        pixels = _read_pixels(image, models)
-    except ImageDecodeError as exc:
-        return f"Could not read the image: {exc}"
+        pixels, details = _read_pixels(image, models)
+    except DecodeRefused as exc:
+        return _Unusable(f"Could not read the image: {exc}", rejected=True)
     except FileNotFoundError:
-        return "Could not read the image: the stored file is missing."
+        return _Unusable("Could not read the image: the stored file is missing.",
+                         rejected=False)
     binary_x = preprocess(pixels, models.binary.spec)
     etiology_x = None
     if models.etiology is not None:
         etiology_x = (binary_x if models.etiology.spec == models.binary.spec
                       else preprocess(pixels, models.etiology.spec))
-    return _Prepared(image, binary_x, etiology_x)
+    return _Prepared(image, binary_x, etiology_x, details)
 
 
 def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
@@ -317,13 +372,15 @@ def _batch_results(
             for future, etio in zip(rendering, etios, strict=True)]
 
 
-def _record_batch(record: _Record, failures: dict[UUID, str]) -> int:
+def _record_batch(record: _Record, failures: dict[UUID, str], rejections: dict[UUID, str],
+                  details: dict[UUID, dict[str, Any]]) -> int:
     """Store one batch (recorder thread): its results once their heatmaps are written."""
     # This thread's connection outlives tasks: one broken by a database restart or outage is
     # replaced here (Django marks it on the error); the task's retry runs in another thread.
     close_old_connections()
     stored = [rendering.completed() for rendering in record.renderings]
     return services.results_record_many(results=stored, failures=failures,
+                                        rejections=rejections, details=details,
                                         on_committed=record.mark_committed)
 
 
@@ -369,29 +426,35 @@ def _discard_heatmaps(renderings: list[_Rendering]) -> None:
                     result.heatmap.delete(save=False)
 
 
-def run_chunk(image_ids: list[str]) -> ChunkReport:
-    """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing."""
+class ModelUnavailable(RuntimeError):
+    """This process has no model: its chunks must go to another worker."""
+
+
+def run_chunk(image_ids: list[str], *, token: str = "", previous_token: str = "") -> ChunkReport:
+    """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing.
+
+    `token` names the task try that claims the images, `previous_token` the try before it
+    (services.chunk_claim: only lost workers count as attempts).
+    """
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         models = load_models()
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
         logger.error("No model: %s", exc)
-        failed = services.images_fail_many(image_ids=image_ids,
-                                           reason=f"The model could not be loaded: {exc}")
-        return ChunkReport(done=0, failed=failed, skipped=len(image_ids) - failed,
-                           seconds=time.perf_counter() - started)
+        raise ModelUnavailable(str(exc)) from exc
     stages = _Stages()
     claim = services.chunk_claim(image_ids=image_ids,
-                                 max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
+                                 max_attempts=settings.INFERENCE_MAX_ATTEMPTS,
+                                 token=token, previous_token=previous_token)
     stages.lap("claim")
     pool = executor(models.device)
     size = max(1, settings.INFERENCE_BATCH_SIZE)
     batches = [claim.images[i:i + size] for i in range(0, len(claim.images), size)]
-    failed = 0
+    failed = rejected = 0
     pending: list[Future[Any]] = []
     records: list[_Record] = []
 
-    def decode(batch: list[Image]) -> list[Future[_Prepared | str]]:
+    def decode(batch: list[Image]) -> list[Future[_Prepared | _Unusable]]:
         futures = [pool.submit(_prepare, image, models) for image in batch]
         pending.extend(futures)
         return futures
@@ -405,18 +468,22 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
             decoding = decode(batches[index + 1]) if index + 1 < len(batches) else []
             prepared = []
             failures: dict[UUID, str] = {}
+            rejections: dict[UUID, str] = {}
             for image, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, str):
-                    failures[image.id] = outcome
+                if isinstance(outcome, _Unusable):
+                    (rejections if outcome.rejected else failures)[image.id] = outcome.reason
                 else:
                     prepared.append(outcome)
             failed += len(failures)
+            rejected += len(rejections)
+            details = {p.image.id: p.details for p in prepared if p.details}
             stages.lap("prepare")
             rendered = _batch_results(models, prepared, pool) if prepared else []
             pending.extend(r.result for r in rendered)
             record = _Record(rendered)
             records.append(record)
-            record.future = recorder().submit(_record_batch, record, failures)
+            record.future = recorder().submit(_record_batch, record, failures, rejections,
+                                              details)
             stages.lap("forward")
         done = sum(record.future.result() for record in records)
         stages.lap("record")
@@ -425,13 +492,15 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
         # the rest); nothing refers to the other heatmaps, so they go.
         _abandon(records, pending)
         raise
-    skipped = len(image_ids) - len(claim.images) - len(claim.given_up)
+    skipped = (len(image_ids) - len(claim.images) - len(claim.given_up)
+               - len(claim.set_aside))
     report = ChunkReport(done=done, failed=failed + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
-                         stages=stages.seconds)
+                         stages=stages.seconds, rejected=rejected)
     _trimmer.processed(len(image_ids))
-    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s, CPU %.3f s (%s)",
-                len(image_ids), report.done, report.failed, report.skipped, report.seconds,
+    logger.info("Chunk of %d: %d done, %d failed, %d rejected, %d skipped in %.3f s, "
+                "CPU %.3f s (%s)", len(image_ids), report.done, report.failed, report.rejected,
+                report.skipped, report.seconds,
                 time.process_time() - cpu_started,
                 " ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.seconds.items()))
     return report

@@ -22,6 +22,14 @@ _serves_inference = False
 _pool_processes = 1
 
 
+_in_pool_process = False
+
+
+def in_pool_process() -> bool:
+    """Whether this is a worker's pool process (forked by a worker serving `inference`)."""
+    return _in_pool_process
+
+
 def serves_inference() -> bool:
     return _serves_inference
 
@@ -47,14 +55,18 @@ def _note_queues(sender: object = None, **kwargs: object) -> None:
 @signals.worker_process_init.connect
 def _preload_models(**kwargs: object) -> None:
     """In each pool process, after the fork: load the models once, so a task never waits."""
+    global _in_pool_process
     from django.conf import settings
 
+    _in_pool_process = _serves_inference
     if not _serves_inference or not settings.INFERENCE_PRELOAD:
         return
     from . import inference
+    from .tasks import stop_this_worker
 
     try:
         inference.load_models()
-    except Exception:
-        # The worker stays up; each task reports the problem in its images' failure reason.
+    except Exception as exc:
+        # A worker without a model must not take chunks it can only fail: it stops.
         logger.exception("Could not load the models in worker process %s", os.getpid())
+        stop_this_worker(f"the model could not be loaded: {exc}")

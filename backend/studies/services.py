@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -312,63 +313,99 @@ def study_refresh_status(*, study_id: UUID) -> Study:
 @dataclass
 class ClaimedChunk:
     images: list[Image]  # to process now (status processing)
-    given_up: list[UUID]  # failed here: claimed too often without ever getting a result
+    given_up: list[UUID]  # failed here: a worker was lost on them too often
+    set_aside: list[UUID] = field(default_factory=list)  # sent again, each in a chunk alone
 
 
-def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int) -> ClaimedChunk:
+def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int, token: str = "",
+                previous_token: str = "") -> ClaimedChunk:
     """Claim a chunk's unfinished images for processing, in one transaction.
 
-    Finished images are skipped (a redelivered or repeated task does no work twice); images
-    left in processing by a dead worker are taken again, but an image already claimed
-    `max_attempts` times is failed instead, so a chunk that kills its worker cannot loop.
-    Set-based writes: one UPDATE for the whole chunk, not one per image.
+    Finished images are skipped (a redelivered or repeated task does no work twice). An image
+    still `processing` was lost by a worker (killed, crashed) unless this task's previous try
+    (`previous_token`) held it and stopped on a transient error: only the loss counts as an
+    attempt. An image lost `max_attempts` times is failed, so an image that kills its worker
+    cannot loop. An image lost before is not processed with others again: when the chunk
+    holds several images, each such image is set aside and sent again in a chunk of its own,
+    so an image that crashes its worker fails alone. Set-based writes.
     """
     now = timezone.now()
     with transaction.atomic():
         images = list(
             Image.objects.select_for_update(of=("self",))
             .select_related("study")
-            .only("id", "file", "working_file", "attempts", "study_id", "study__status")
+            .only("id", "file", "working_file", "attempts", "study_id", "study__status",
+                  "study__priority", "width", "original_name", "status", "claimed_by")
             .filter(id__in=image_ids, status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
             .order_by("id")
         )
-        todo = [image for image in images if image.attempts < max_attempts]
+        lost = [image for image in images if image.status == Image.Status.PROCESSING
+                and not (previous_token and image.claimed_by == previous_token)]
+        if lost:
+            Image.objects.filter(id__in=[image.id for image in lost]).update(
+                attempts=F("attempts") + 1)
+            for image in lost:
+                image.attempts += 1
         spent = [image for image in images if image.attempts >= max_attempts]
+        live = [image for image in images if image.attempts < max_attempts]
+        aside = [image for image in live if image.attempts > 0] if len(live) > 1 else []
+        todo = [image for image in live if image not in aside]
         if todo:
             Image.objects.filter(id__in=[image.id for image in todo]).update(
-                status=Image.Status.PROCESSING, started_at=now, attempts=F("attempts") + 1)
+                status=Image.Status.PROCESSING, started_at=now, claimed_by=token[:80])
         for image in todo:
-            image.status, image.started_at, image.attempts = (
-                Image.Status.PROCESSING, now, image.attempts + 1)
+            image.status, image.started_at = Image.Status.PROCESSING, now
+        if aside:
+            Image.objects.filter(id__in=[image.id for image in aside]).update(
+                status=Image.Status.QUEUED, sent_at=None, claimed_by="")
+            singles = [(str(image.id), dispatch.queue_priority(image.study.priority))
+                       for image in aside]
+            transaction.on_commit(lambda: _send_alone(singles), robust=True)
         for image in spent:  # rare: one UPDATE each, the message names the count
             Image.objects.filter(id=image.id).update(
-                status=Image.Status.FAILED, finished_at=now,
+                status=Image.Status.FAILED, finished_at=now, claimed_by="",
                 error=(f"Gave up after {image.attempts} attempts: the worker processing this "
-                       "image stopped each time."))
+                       "image was lost each time."))
     given_up = [image.id for image in spent]
+    if aside:
+        logger.warning("%d images of a chunk were lost by a worker before: each is sent "
+                       "again alone", len(aside))
     # A study already `processing` stays so while it has unfinished images: refresh only the
     # studies this claim can change (queued ones, or those with an image given up).
     stale = {image.study_id for image in images
              if image.study.status == Study.Status.QUEUED or image.id in given_up}
     for study_id in sorted(stale):
         study_refresh_status(study_id=study_id)
-    return ClaimedChunk(images=todo, given_up=given_up)
+    return ClaimedChunk(images=todo, given_up=given_up, set_aside=[i.id for i in aside])
+
+
+def _send_alone(singles: list[tuple[str, int]]) -> None:
+    """One chunk per image (after the claim commits); unsent ones are left to the sweep."""
+    for image_id, priority in singles:
+        dispatch.inference_send(image_ids=[image_id], priority=priority)
+        Image.objects.filter(id=image_id).update(sent_at=timezone.now())
 
 
 def results_record_many(
     *, results: Sequence[Result], failures: dict[UUID, str] | None = None,
+    rejections: dict[UUID, str] | None = None,
+    details: dict[UUID, dict[str, Any]] | None = None,
     on_committed: Callable[[], None] | None = None,
 ) -> int:
-    """Store a chunk's results and per-image failures in one transaction; returns results stored.
+    """Store a batch's results, per-image failures and rejections in one transaction; returns
+    results stored.
 
-    `results` are unsaved Result objects (heatmap files already written). Images finished
-    meanwhile (a duplicate delivery won the race) keep their first result: the later one is
-    dropped and its heatmap file deleted, so repeats never duplicate results or counts.
-    Set-based writes: one INSERT of the results, one UPDATE per outcome. `on_committed` runs
-    once they are committed, before the studies' status is refreshed (which may still fail).
+    `results` are unsaved Result objects (heatmap files already written); `rejections` are
+    images refused by their content when decoded (status `rejected`); `details` are the
+    Image fields their first decode filled in (format, size, DICOM fields, flags, working
+    copy). Images finished meanwhile (a duplicate delivery won the race) keep their first
+    outcome: the later result is dropped and its heatmap deleted, so repeats never duplicate
+    results or counts. Set-based writes: one INSERT of the results, one UPDATE per outcome,
+    one bulk UPDATE of the details. `on_committed` runs once they are committed, before the
+    studies' status is refreshed (which may still fail: the sweep reconciles it).
     """
-    failures = failures or {}
-    ids = [r.image_id for r in results] + list(failures)
+    failures, rejections, details = failures or {}, rejections or {}, details or {}
+    ids = [r.image_id for r in results] + list(failures) + list(rejections)
     if not ids:
         return 0
     now = timezone.now()
@@ -382,14 +419,17 @@ def results_record_many(
         Result.objects.bulk_create(fresh, ignore_conflicts=True)
         if fresh:
             Image.objects.filter(id__in=[r.image_id for r in fresh]).update(
-                status=Image.Status.DONE, error="", finished_at=now)
-        by_reason: dict[str, list[UUID]] = {}
-        for image_id, reason in failures.items():
-            if image_id in open_images:
-                by_reason.setdefault(reason[:2000], []).append(image_id)
-        for reason, failed_ids in by_reason.items():
-            Image.objects.filter(id__in=failed_ids).update(
-                status=Image.Status.FAILED, error=reason, finished_at=now)
+                status=Image.Status.DONE, error="", finished_at=now, claimed_by="")
+        for status, reasons in ((Image.Status.FAILED, failures),
+                                (Image.Status.REJECTED, rejections)):
+            by_reason: dict[str, list[UUID]] = {}
+            for image_id, reason in reasons.items():
+                if image_id in open_images:
+                    by_reason.setdefault(reason[:2000], []).append(image_id)
+            for reason, image_ids in by_reason.items():
+                Image.objects.filter(id__in=image_ids).update(
+                    status=status, error=reason, finished_at=now, claimed_by="")
+        _details_update({k: v for k, v in details.items() if k in open_images})
         if on_committed is not None:
             transaction.on_commit(on_committed)
     for stale in (r for r in results if r.image_id not in open_images):
@@ -397,6 +437,16 @@ def results_record_many(
             stale.heatmap.delete(save=False)
     _refresh_if_finished(set(open_images.values()))
     return len(fresh)
+
+
+def _details_update(details: dict[UUID, dict[str, Any]]) -> None:
+    """Fill in the fields a decode found, in one bulk UPDATE per set of fields."""
+    by_fields: dict[tuple[str, ...], list[Image]] = {}
+    for image_id, values in details.items():
+        image = Image(id=image_id, **values)
+        by_fields.setdefault(tuple(sorted(values)), []).append(image)
+    for fields, images in by_fields.items():
+        Image.objects.bulk_update(images, list(fields))
 
 
 def _refresh_if_finished(study_ids: set[UUID]) -> None:

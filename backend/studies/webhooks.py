@@ -57,7 +57,8 @@ def build_payload(study: Study) -> dict[str, Any]:
             "created_at": study.created_at.isoformat(),
             "finished_at": study.finished_at.isoformat() if study.finished_at else None,
             "progress": {"total": progress.n_total, "done": progress.n_done,
-                         "failed": progress.n_failed, "pneumonia": progress.n_pneumonia},
+                         "failed": progress.n_failed, "rejected": progress.n_rejected,
+                         "pneumonia": progress.n_pneumonia},
         },
         "images": [_image_summary(image) for image in images],
     }
