@@ -152,7 +152,9 @@ def _receive(conn: Connection) -> Inspection:
     if "refused" in head:
         raise DecodeRefused(str(head["refused"]))
     rows, cols = (int(v) for v in head["shape"])
-    pixels = np.frombuffer(conn.recv_bytes(), dtype=np.float32).reshape(rows, cols)
+    # A writable array (torch warns about read-only ones); the copy is in the receive itself.
+    buffer = bytearray(conn.recv_bytes())
+    pixels = np.frombuffer(buffer, dtype=np.float32).reshape(rows, cols)
     metadata = {str(k): str(v) for k, v in dict(head["metadata"]).items()}
     return Inspection(format=str(head["format"]), height=int(head["height"]),
                       width=int(head["width"]), metadata=metadata, pixels=pixels,

@@ -41,12 +41,9 @@ MODEL_CHECKPOINT_ETIOLOGY: str = env.str(
 )
 MAX_UPLOAD_FILE_BYTES: int = env.int("MAX_UPLOAD_FILE_BYTES", default=64 * 1024 * 1024)
 MAX_FILES_PER_STUDY: int = env.int("MAX_FILES_PER_STUDY", default=1000)
-# Store a small model-ready copy of DICOM and large uploads, decoded once at upload, so that
-# workers do not decode the original again (docs/benchmarks.md: full-size radiographs).
+# Store a small model-ready copy of DICOM and large uploads, made by the worker's first decode,
+# so that a retry or a preview does not decode the original again.
 WORKING_COPIES: bool = env.bool("WORKING_COPIES", default=True)
-# Files an upload decodes at once (0 = one per core, at most 4): decoding is what an upload of
-# compressed DICOMs spends its time on (100-700 ms each), and the decoders release the GIL.
-UPLOAD_DECODE_THREADS: int = env.int("UPLOAD_DECODE_THREADS", default=0)
 # One upload request as a whole (checked from Content-Length before the body is read).
 MAX_UPLOAD_REQUEST_BYTES: int = env.int("MAX_UPLOAD_REQUEST_BYTES", default=4 * 1024**3)
 # ZIP archives in an upload: caps on what one archive may expand to (see docs/api.md).
