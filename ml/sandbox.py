@@ -3,14 +3,15 @@
 Pillow, pydicom and the codecs behind it (openjpeg, CharLS, libjpeg) parse whatever a user
 uploads. A file can make them allocate gigabytes, loop for minutes or crash the process. So
 they never run in the caller's process: each `Sandbox.inspect` sends the file's bytes to a
-child process (started from a `forkserver`, so children are small forks that never inherit the
-caller's threads, models or connections) whose address space is capped with RLIMIT_AS; the
-caller waits at most `time_limit_s`, then kills the child. A file that exhausts the memory,
+child process (a fresh interpreter, never a fork of the caller with its threads, models and
+connections) whose address space is capped with RLIMIT_AS; the caller waits at most
+`time_limit_s`, then kills the child. A file that exhausts the memory,
 runs over time or crashes the decoder is refused alone, with the reason; the child is replaced.
 
-One decode per file: the child returns what serving needs from the one decode (format, stored
-size, the allowed DICOM fields, the model-ready pixels, and a working copy when the original is
-costly to decode again).
+Each child is a fresh interpreter that imports the decoders once, then decodes one file after
+another. One decode per file: the child returns what serving needs from it (format, stored
+size, the allowed DICOM fields, the model-ready pixels, and a working copy when the original
+is costly to decode again).
 """
 
 from __future__ import annotations
@@ -18,22 +19,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import resource
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# The module the decoding children import once (in the fork server), before any file arrives.
-DECODER_MODULE = "ml.preprocess"
+
+READY = b"ready"
+STARTUP_TIMEOUT_S = 120.0
 
 
 class DecodeRefused(Exception):
@@ -162,20 +166,45 @@ def _receive(conn: Connection) -> Inspection:
 
 
 class _Child:
-    def __init__(self, context: Any, *args: Any) -> None:
-        self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_child_main, name="decode-sandbox", daemon=True,
-                                       args=(child_conn, *args))
-        self.process.start()
-        child_conn.close()
+    """One decoding child: a fresh interpreter (`python -m ml.sandbox`), not a fork.
+
+    Not a fork of the caller, which may hold models, threads, database connections or a
+    Celery pool's state; and a plain subprocess works from a daemonic Celery pool process,
+    where multiprocessing refuses to start children. It talks over a socket pair.
+    """
+
+    def __init__(self, memory_bytes: int, working_copies: bool, full_pixels: bool) -> None:
+        mine, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ml.sandbox", str(theirs.fileno()), str(memory_bytes),
+                 str(int(working_copies)), str(int(full_pixels))],
+                pass_fds=[theirs.fileno()], cwd=root, env=env, stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        # The time limit is for decoding, not for the interpreter's start: wait for it here.
+        if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv_bytes() != READY:
+            self.stop()
+            raise RuntimeError("the decoding child process did not start")
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.conn.close()
-        if self.process.is_alive():
+        if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError, OSError):
-                os.kill(self.process.pid, signal.SIGKILL)
-        self.process.join(timeout=5)
+                self.process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.poll()
 
 
 class Sandbox:
@@ -192,12 +221,10 @@ class Sandbox:
         self._started = 0
         self._lock = threading.Lock()
         self._closed = False
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload([DECODER_MODULE])
         self._pid = os.getpid()
 
     def _spawn(self) -> _Child:
-        return _Child(self._context, self.memory_bytes, self.working_copies, self.full_pixels)
+        return _Child(self.memory_bytes, self.working_copies, self.full_pixels)
 
     def _take(self) -> _Child:
         with self._lock:
@@ -239,10 +266,12 @@ class Sandbox:
                                         f"{self.time_limit_s:g} s")
                 return _receive(child.conn)
             except (EOFError, OSError) as exc:
-                code = child.process.exitcode if child is not None else None
+                code = None
                 if child is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.process.wait(timeout=2)  # dying: let it finish, to see how
                     child.stop()
-                    code = child.process.exitcode
+                    code = child.exitcode
                 child = None
                 if code is not None and code < 0:
                     raise DecodeRefused(f"the decoder crashed on this file (signal "
@@ -282,3 +311,17 @@ def shared_sandbox(*, processes: int, memory_bytes: int, time_limit_s: float,
 
 
 __all__ = ["DecodeRefused", "Inspection", "Sandbox", "inspect_bytes", "shared_sandbox"]
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of a decoding child: `python -m ml.sandbox FD MEMORY WORKING FULL`."""
+    fd, memory_bytes, working, full = (int(a) for a in argv[:4])
+    import ml.preprocess  # noqa: F401  (the decoders, loaded before the address-space limit)
+
+    conn = Connection(fd)
+    conn.send_bytes(READY)
+    _child_main(conn, memory_bytes, bool(working), bool(full))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -38,16 +38,23 @@ EXPECTED_FLAGS = {
 UNDECODABLE = "cr-hip-jpeg-extended-undecodable.dcm"
 
 
-@pytest.fixture(autouse=True)
-def _in_process(tiny_model: None, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Nothing goes to a broker: `ingest` runs the worker's chunk here; a fresh sandbox each."""
-    from backend.config.celery import app
+@pytest.fixture(scope="module", autouse=True)
+def _decoding_children() -> Any:
+    """The sandbox's children are started once for the module (a test that changes the
+    decoding settings closes them first), and stopped at its end."""
     from worker import inference
 
-    monkeypatch.setattr(app, "send_task", lambda *args, **kwargs: None)
     inference.close_decode_sandbox()
     yield
     inference.close_decode_sandbox()
+
+
+@pytest.fixture(autouse=True)
+def _in_process(tiny_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing goes to a broker: `upload` runs the worker's chunk in this process."""
+    from backend.config.celery import app
+
+    monkeypatch.setattr(app, "send_task", lambda *args, **kwargs: None)
 
 
 def process(study_id: str, **tokens: str) -> Any:
@@ -212,6 +219,7 @@ def test_small_jpeg_gets_no_working_copy_and_copies_can_be_turned_off(
     inference.close_decode_sandbox()  # its children were started with the old setting
     upload(api, [p for p in dicom_files if p.name == J2K])
     assert not Image.objects.get(original_name=J2K).working_file
+    inference.close_decode_sandbox()
 
 
 def test_a_full_disk_while_storing_a_working_copy_is_retried_not_failed(
@@ -317,12 +325,16 @@ def test_codestream_claiming_60000_pixels_inside_a_512_dicom_is_rejected_before_
 def test_an_image_over_the_decoders_memory_limit_is_rejected_alone(
     api: Any, settings: Any
 ) -> None:
+    from worker import inference
+
     settings.DECODE_MEMORY_LIMIT_MB = 64
+    inference.close_decode_sandbox()
     big = io.BytesIO()
     PILImage.new("I;16", (7000, 7000)).save(big, format="PNG")  # 49 MP: below MAX_PIXELS
     small = io.BytesIO()
     PILImage.new("L", (64, 64), 128).save(small, format="PNG")
     upload(api, [("huge.png", big.getvalue()), ("small.png", small.getvalue())])
+    inference.close_decode_sandbox()
     huge = Image.objects.get(original_name="huge.png")
     assert huge.status == "rejected"
     assert "more memory than the limit of 64 MB" in huge.error
@@ -332,18 +344,20 @@ def test_an_image_over_the_decoders_memory_limit_is_rejected_alone(
 def test_an_image_over_the_decoders_time_limit_is_rejected_and_the_next_decodes(
     api: Any, settings: Any, dicom_files: list[Path]
 ) -> None:
+    from worker import inference
+
     settings.DECODE_TIME_LIMIT_S = 0.001
+    inference.close_decode_sandbox()
     upload(api, [p for p in dicom_files if p.name == J2K])
     image = Image.objects.get(original_name=J2K)
     assert image.status == "rejected" and "took longer than the limit" in image.error
-    from worker import inference
-
     inference.close_decode_sandbox()
     settings.DECODE_TIME_LIMIT_S = 60
     response = api.post("/api/studies/", {"files": [SimpleUploadedFile(
         "again.dcm", (DICOM_DIR / J2K).read_bytes())]}, format="multipart")
     process(response.json()["study"]["id"])
     assert Image.objects.get(original_name="again.dcm").status == "done"
+    inference.close_decode_sandbox()
 
 
 @pytest.mark.parametrize("name", ["bomb.png", "bomb.jpg"])
