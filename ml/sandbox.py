@@ -51,7 +51,7 @@ class Inspection:
     format: str
     height: int  # of the stored image
     width: int
-    metadata: dict[str, str] = field(default_factory=dict)  # ml.preprocess allow-list only
+    metadata: dict[str, str] = field(default_factory=dict)  # ml.decode's allow-list only
     # Model-ready float32 grayscale in [0, 1]: the working-copy pixels when the original is
     # larger than a working copy, else the image itself.
     pixels: np.ndarray | None = None
@@ -65,7 +65,7 @@ def inspect_bytes(data: bytes, *, working_copies: bool = True,
     `full_pixels`: the model needs more than a working copy's resolution, so the pixels come
     back at full size (the working copy is still made).
     """
-    from ml.preprocess import (
+    from ml.decode import (
         WORKING_COPY_SIDE,
         decode_image,
         needs_working_copy,
@@ -92,7 +92,7 @@ def _jpeg(gray: np.ndarray) -> bytes:
 
     from PIL import Image
 
-    from ml.preprocess import WORKING_COPY_QUALITY
+    from ml.decode import WORKING_COPY_QUALITY
 
     out = io.BytesIO()
     Image.fromarray(gray, mode="L").save(out, format="JPEG", quality=WORKING_COPY_QUALITY)
@@ -116,7 +116,7 @@ def _child_main(conn: Connection, memory_bytes: int, working_copies: bool,
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # Not ours to handle: the parent stops us by closing the pipe or with SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from ml.preprocess import ImageDecodeError
+    from ml.decode import ImageDecodeError
 
     while True:
         try:
@@ -316,7 +316,7 @@ __all__ = ["DecodeRefused", "Inspection", "Sandbox", "inspect_bytes", "shared_sa
 def main(argv: list[str]) -> None:
     """Entry point of a decoding child: `python -m ml.sandbox FD MEMORY WORKING FULL`."""
     fd, memory_bytes, working, full = (int(a) for a in argv[:4])
-    import ml.preprocess  # noqa: F401  (the decoders, loaded before the address-space limit)
+    import ml.decode  # noqa: F401  (the decoders, loaded before the address-space limit)
 
     conn = Connection(fd)
     conn.send_bytes(READY)

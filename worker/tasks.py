@@ -98,12 +98,13 @@ def infer_images(self, image_ids: list[str]) -> dict[str, int]:
     the worker (the message redelivered, same try) counts one.
     """
     from . import inference  # torch is imported in the pool process only
+    from .runtime import process_runtime
 
     retries = self.request.retries or 0
     task_id = self.request.id or "local"
     try:
         report = inference.run_chunk(
-            image_ids, token=f"{task_id}:{retries}",
+            process_runtime(), image_ids, token=f"{task_id}:{retries}",
             previous_token=f"{task_id}:{retries - 1}" if retries else "")
     except inference.ModelUnavailable as exc:
         # Not the images' fault: they go back to the queue for a worker that has a model,

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from ml.preprocess import sniff_format
+from ml.decode import sniff_format
 
 # DICOM keyword -> Image model field; nothing else from the header is kept.
 DICOM_FIELDS = {

@@ -27,8 +27,14 @@ def _working_copy_path(instance: Image, filename: str) -> str:
     return working_copy_storage_name(instance.study_id)
 
 
+def heatmap_storage_name(*, study_id: uuid.UUID, image_id: uuid.UUID,
+                         filename: str = "heatmap.png") -> str:
+    return f"studies/{study_id}/heatmaps/{image_id}-{filename}"
+
+
 def _heatmap_path(instance: Result, filename: str) -> str:
-    return f"studies/{instance.image.study_id}/heatmaps/{instance.image_id}-{filename}"
+    return heatmap_storage_name(study_id=instance.image.study_id, image_id=instance.image_id,
+                                filename=filename)
 
 
 class Study(models.Model):
@@ -84,7 +90,7 @@ class Image(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
     file = models.FileField(upload_to=_image_path, max_length=300)
     # A small model-ready copy made at upload from the pixels decoded there, so that workers
-    # never decode a large original again (ml.preprocess.needs_working_copy); empty when
+    # never decode a large original again (ml.decode.needs_working_copy); empty when
     # reading the original is cheap. The original stays the image of record.
     working_file = models.FileField(upload_to=_working_copy_path, max_length=300, blank=True)
     original_name = models.CharField(max_length=500)

@@ -1,6 +1,6 @@
 """PNG renderings of uploaded images, for browsers (which cannot show DICOM).
 
-Decoded by ``ml.preprocess.decode_image`` (so MONOCHROME1 is inverted and the VOI window
+Decoded by ``ml.decode.decode_image`` (so MONOCHROME1 is inverted and the VOI window
 applied, as the model sees it) in a sandboxed child process (ml.sandbox: memory and time
 limits), never in the web process itself; downscaled to at most PREVIEW_MAX_SIDE pixels, and
 cached through the storage API next to the upload: never under a public URL.

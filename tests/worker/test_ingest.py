@@ -4,7 +4,7 @@ The ten real radiographs in shared/data/dicom: each classified and shown correct
 rejected with a clear reason; out-of-population images are flagged, never silently scored.
 Crafted files (a codestream larger than its DICOM, decompression bombs, a file that needs more
 memory or time than the sandbox allows) are rejected alone. The worker's pipeline runs in this
-process with the tiny model (tests/worker/conftest.py, `tiny_model`).
+process with the tiny model (tests/worker/conftest.py, `runtime`).
 """
 
 from __future__ import annotations
@@ -38,19 +38,8 @@ EXPECTED_FLAGS = {
 UNDECODABLE = "cr-hip-jpeg-extended-undecodable.dcm"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _decoding_children() -> Any:
-    """The sandbox's children are started once for the module (a test that changes the
-    decoding settings closes them first), and stopped at its end."""
-    from worker import inference
-
-    inference.close_decode_sandbox()
-    yield
-    inference.close_decode_sandbox()
-
-
 @pytest.fixture(autouse=True)
-def _in_process(tiny_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def _in_process(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing goes to a broker: `upload` runs the worker's chunk in this process."""
     from backend.config.celery import app
 
@@ -59,9 +48,10 @@ def _in_process(tiny_model: None, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def process(study_id: str, **tokens: str) -> Any:
     from worker.inference import run_chunk
+    from worker.runtime import process_runtime
 
     ids = [str(i) for i in Image.objects.filter(study_id=study_id).values_list("id", flat=True)]
-    return run_chunk(ids, **tokens)
+    return run_chunk(process_runtime(), ids, **tokens)
 
 
 @pytest.fixture(scope="module")
@@ -214,12 +204,12 @@ def test_small_jpeg_gets_no_working_copy_and_copies_can_be_turned_off(
     upload(api, [kermany_images["normal"][0]])
     assert not Image.objects.get(original_name=kermany_images["normal"][0].name).working_file
     settings.WORKING_COPIES = False
-    from worker import inference
+    from worker.runtime import process_runtime
 
-    inference.close_decode_sandbox()  # its children were started with the old setting
+    process_runtime().close_sandbox()  # its children were started with the old setting
     upload(api, [p for p in dicom_files if p.name == J2K])
     assert not Image.objects.get(original_name=J2K).working_file
-    inference.close_decode_sandbox()
+    process_runtime().close_sandbox()
 
 
 def test_a_full_disk_while_storing_a_working_copy_is_retried_not_failed(
@@ -325,16 +315,16 @@ def test_codestream_claiming_60000_pixels_inside_a_512_dicom_is_rejected_before_
 def test_an_image_over_the_decoders_memory_limit_is_rejected_alone(
     api: Any, settings: Any
 ) -> None:
-    from worker import inference
+    from worker.runtime import process_runtime
 
     settings.DECODE_MEMORY_LIMIT_MB = 64
-    inference.close_decode_sandbox()
+    process_runtime().close_sandbox()
     big = io.BytesIO()
     PILImage.new("I;16", (7000, 7000)).save(big, format="PNG")  # 49 MP: below MAX_PIXELS
     small = io.BytesIO()
     PILImage.new("L", (64, 64), 128).save(small, format="PNG")
     upload(api, [("huge.png", big.getvalue()), ("small.png", small.getvalue())])
-    inference.close_decode_sandbox()
+    process_runtime().close_sandbox()
     huge = Image.objects.get(original_name="huge.png")
     assert huge.status == "rejected"
     assert "more memory than the limit of 64 MB" in huge.error
@@ -344,20 +334,20 @@ def test_an_image_over_the_decoders_memory_limit_is_rejected_alone(
 def test_an_image_over_the_decoders_time_limit_is_rejected_and_the_next_decodes(
     api: Any, settings: Any, dicom_files: list[Path]
 ) -> None:
-    from worker import inference
+    from worker.runtime import process_runtime
 
     settings.DECODE_TIME_LIMIT_S = 0.001
-    inference.close_decode_sandbox()
+    process_runtime().close_sandbox()
     upload(api, [p for p in dicom_files if p.name == J2K])
     image = Image.objects.get(original_name=J2K)
     assert image.status == "rejected" and "took longer than the limit" in image.error
-    inference.close_decode_sandbox()
+    process_runtime().close_sandbox()
     settings.DECODE_TIME_LIMIT_S = 60
     response = api.post("/api/studies/", {"files": [SimpleUploadedFile(
         "again.dcm", (DICOM_DIR / J2K).read_bytes())]}, format="multipart")
     process(response.json()["study"]["id"])
     assert Image.objects.get(original_name="again.dcm").status == "done"
-    inference.close_decode_sandbox()
+    process_runtime().close_sandbox()
 
 
 @pytest.mark.parametrize("name", ["bomb.png", "bomb.jpg"])

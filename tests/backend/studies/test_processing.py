@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from tests.backend.studies.conftest import SECRET, Receiver, verify_like_a_receiver
 from tests.conftest import DICOM_DIR, wait_for
-
-from .test_webhooks import SECRET, Receiver, verify_like_a_receiver
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -70,6 +69,7 @@ def test_zip_of_real_radiographs_is_processed_flagged_exported_and_webhooked(
         (request,) = receiver.requests
         assert verify_like_a_receiver(request["headers"], request["body"])
         payload = json.loads(request["body"])
-        assert payload["study"]["id"] == study_id and payload["study"]["status"] == "done_with_errors"
+        assert payload["study"]["id"] == study_id
+        assert payload["study"]["status"] == "done_with_errors"
     finally:
         receiver.close()
