@@ -165,8 +165,22 @@ def _receive(conn: Connection) -> Inspection:
                       working_copy=conn.recv_bytes())
 
 
+# A child inherits the scheduling policy of the thread that starts it: a worker's I/O threads
+# may run at SCHED_IDLE, and a child at idle priority on a busy machine never got the CPU to
+# even start. Decoding is the work itself: back to the normal policy, before anything else.
+_LAUNCH = (
+    "import os, sys\n"
+    "try:\n"
+    "    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))\n"
+    "except (AttributeError, OSError):\n"
+    "    pass\n"
+    "from ml.sandbox import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
 class _Child:
-    """One decoding child: a fresh interpreter (`python -m ml.sandbox`), not a fork.
+    """One decoding child: a fresh interpreter (`ml.sandbox.main`), not a fork.
 
     Not a fork of the caller, which may hold models, threads, database connections or a
     Celery pool's state; and a plain subprocess works from a daemonic Celery pool process,
@@ -180,7 +194,7 @@ class _Child:
             p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ml.sandbox", str(theirs.fileno()), str(memory_bytes),
+                [sys.executable, "-c", _LAUNCH, str(theirs.fileno()), str(memory_bytes),
                  str(int(working_copies)), str(int(full_pixels))],
                 pass_fds=[theirs.fileno()], cwd=root, env=env, stdin=subprocess.DEVNULL,
                 close_fds=True,

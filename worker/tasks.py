@@ -158,16 +158,23 @@ def stop_this_worker(reason: str) -> None:
 
 @shared_task(name=dispatch.SWEEP_TASK, acks_late=True)
 def sweep_stuck_images() -> dict[str, int]:
-    """Requeue images a dead worker left in `processing` (and queued ones whose message was
-    lost); runs every SWEEP_INTERVAL_S on the `default` queue (celery beat)."""
+    """Put back on its way whatever a failure left behind (services.images_requeue_stuck):
+    images a lost worker held, images never sent (broker down), messages lost, studies whose
+    status recomputation failed, studies left receiving parts. Runs every SWEEP_INTERVAL_S
+    on the `default` queue (celery beat)."""
     from backend.studies import services
 
     outcome = services.images_requeue_stuck(
         processing_deadline_s=settings.STUCK_IMAGE_DEADLINE_S,
         queued_deadline_s=settings.QUEUED_IMAGE_DEADLINE_S,
         inference_queue_empty=dispatch.queue_depths()[dispatch.INFERENCE_QUEUE] == 0,
+        unsent_grace_s=settings.UNSENT_GRACE_S,
+        receiving_timeout_s=settings.UPLOAD_OPEN_TIMEOUT_S,
+        reconcile_after_s=settings.RECONCILE_AFTER_S,
     )
-    return {"stuck_processing": outcome.stuck_processing, "lost_queued": outcome.lost_queued}
+    return {"stuck_processing": outcome.stuck_processing, "lost_queued": outcome.lost_queued,
+            "unsent": outcome.unsent, "reconciled": outcome.reconciled,
+            "closed": outcome.closed}
 
 
 WEBHOOK_MAX_RETRIES = 10
