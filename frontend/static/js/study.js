@@ -43,7 +43,8 @@ function uploadReport(studyId) {
       dismiss),
     h("p", {}, rejected.length
       ? `${accepted}, ${rejected.length} rejected. The rejected files were not stored:`
-      : `${accepted}. Every file was readable.`),
+      : `${accepted}. The images are checked as they are analysed; any that cannot be read are marked rejected below.`),
+    report.error ? h("p", { class: "form-error", role: "alert" }, `Part of the upload failed: ${report.error}`) : null,
     rejected.length
       ? h("ul", { class: "rejections", id: "rejections", role: "alert" },
         rejected.map((r) => h("li", {},
@@ -136,6 +137,7 @@ export function studyView(main, { studyId, imageId, navigate }) {
       count("Pneumonia", p.pneumonia, "pneumonia"),
       count("Normal", p.normal, "normal"),
       count("Failed", p.failed, "failed"),
+      count("Rejected", p.rejected, "failed"),
       count("Pending", ACTIVE_STATUSES.has(study.status) ? p.pending : 0, "pending"));
     const active = ACTIVE_STATUSES.has(study.status);
     cancelBtn.hidden = !active;
