@@ -16,6 +16,7 @@ import logging
 import os
 
 from celery import signals
+from celery.platforms import signals as platform_signals
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,21 @@ def _note_queues(sender: object = None, **kwargs: object) -> None:
     queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
     consume_from = getattr(queues, "consume_from", None) or {}
     _serves_inference = INFERENCE_QUEUE in consume_from
+    if _serves_inference:
+        platform_signals[STOP_SIGNAL] = _stop_failed
+
+
+# A pool process that cannot work (no model) asks its parent to stop with this signal.
+STOP_SIGNAL = "SIGUSR2"
+
+
+def _stop_failed(signum: int, frame: object) -> None:
+    """In the parent: a warm shutdown whose exit status says it failed (1), so a supervisor
+    sees it. Celery's own cold shutdown (SIGQUIT) would exit with 0."""
+    from celery.platforms import EX_FAILURE
+    from celery.worker import state
+
+    state.should_stop = EX_FAILURE
 
 
 @signals.worker_process_init.connect

@@ -142,18 +142,18 @@ def infer_images(self, image_ids: list[str]) -> dict[str, int]:
 
 
 def stop_this_worker(reason: str) -> None:
-    """Stop the whole worker (cold shutdown, exit status 1), logged, from a pool process.
+    """Stop the whole worker (exit status 1), logged, from a pool process.
 
     A worker that cannot load its model would otherwise take every chunk from the queue and
     fail it: the message in hand is requeued (acks_late) and the worker leaves the queue to
     the healthy ones; its supervisor (make run, systemd, compose) sees it exit non-zero.
     """
-    from .signals import in_pool_process
+    from .signals import STOP_SIGNAL, in_pool_process
 
     logger.critical("Stopping this worker: %s", reason)
     if in_pool_process():
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(os.getppid(), signal.SIGQUIT)
+            os.kill(os.getppid(), getattr(signal, STOP_SIGNAL))
 
 
 @shared_task(name=dispatch.SWEEP_TASK, acks_late=True)
