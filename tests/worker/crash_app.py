@@ -11,21 +11,29 @@ import os
 import signal
 from typing import Any
 
-from django.core.files.storage import default_storage
+from celery import signals
 
-from worker import app, inference
+from worker import app
 
 CRASH_MARKER = b"CRASH-THE-WORKER"
-_prepare = inference._prepare
 
 
-def _prepare_or_die(image: Any, *args: Any) -> Any:
-    with default_storage.open(image.file, "rb") as handle:
-        if CRASH_MARKER in handle.read():
-            os.kill(os.getpid(), signal.SIGKILL)
-    return _prepare(image, *args)
+@signals.worker_process_init.connect
+def _crash_on_the_marked_image(**kwargs: object) -> None:
+    """In each pool process (Django is set up by then): wrap the pipeline's per-image step."""
+    from django.core.files.storage import default_storage
 
+    from worker import inference
 
-inference._prepare = _prepare_or_die
+    prepare = inference._prepare
+
+    def prepare_or_die(image: Any, *args: Any) -> Any:
+        with default_storage.open(image.file, "rb") as handle:
+            if CRASH_MARKER in handle.read():
+                os.kill(os.getpid(), signal.SIGKILL)
+        return prepare(image, *args)
+
+    inference._prepare = prepare_or_die
+
 
 __all__ = ["app"]
