@@ -53,7 +53,6 @@ from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
 from ml.decode import WORKING_COPY_SIDE, ImageDecodeError, decode_image
 from ml.predictor import Prediction
-from ml.preprocess import preprocess
 from ml.sandbox import DecodeRefused
 
 from .runtime import Models, WorkerRuntime
@@ -128,12 +127,7 @@ def _prepare(image: ClaimedImage, runtime: WorkerRuntime,
     except FileNotFoundError:
         return _Unusable("Could not read the image: the stored file is missing.",
                          rejected=False)
-    binary_x = preprocess(pixels, models.binary.spec)
-    etiology_x = None
-    if models.etiology is not None:
-        etiology_x = (binary_x if models.etiology.spec == models.binary.spec
-                      else preprocess(pixels, models.etiology.spec))
-    return _Prepared(image, binary_x, etiology_x, decoded)
+    return _Prepared(image, *models.inputs(pixels), decoded)
 
 
 def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
@@ -290,6 +284,7 @@ def run_chunk(runtime: WorkerRuntime, image_ids: list[str], *, token: str = "",
         futures = [pool.submit(_prepare, image, runtime, models) for image in batch]
         pending.extend(futures)
         return futures
+
     try:
         decoding = decode(batches[0]) if batches else []
         for index, batch in enumerate(batches):
