@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 from django.core.files.base import ContentFile
@@ -283,7 +284,10 @@ def images_requeue_stuck(
     Sending an image twice is harmless: the worker skips finished images.
     """
     now = timezone.now()
-    ago = lambda seconds: now - timezone.timedelta(seconds=seconds)  # noqa: E731
+
+    def ago(seconds: float) -> Any:
+        return now - timezone.timedelta(seconds=seconds)
+
     stuck = list(
         Image.objects.filter(status=Image.Status.PROCESSING,
                              started_at__lt=ago(processing_deadline_s))
