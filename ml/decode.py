@@ -13,9 +13,12 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ml.codestream import CodestreamError, codestream_size
 
 # Refuse anything larger than this many pixels *before* decoding it. 50 MP is far above any
 # radiograph (a 43x43 cm detector at 0.1 mm is ~18 MP) but well below what would exhaust a
@@ -229,6 +232,7 @@ def _decode_dicom(data: bytes) -> DecodedImage:
             ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
 
     tsuid = ds.file_meta.TransferSyntaxUID
+    _check_codestream(ds, tsuid, rows=rows, cols=cols, frames=frames)
     try:
         arr = ds.pixel_array
     except Exception as exc:  # decoder plugins raise RuntimeError/ValueError/...
@@ -277,6 +281,31 @@ def _decode_dicom(data: bytes) -> DecodedImage:
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32), metadata=metadata, format="dicom"
     )
+
+
+def _check_codestream(ds: Any, tsuid: Any, *, rows: int, cols: int, frames: int) -> None:
+    """Refuse compressed pixel data whose codestream declares another size than the header.
+
+    The decoders allocate for the codestream's own dimensions, not Rows x Columns: a 512x512
+    DICOM carrying a JPEG 2000 codestream that claims 60000x60000 would need ~14 GB.
+    """
+    if not getattr(tsuid, "is_compressed", False):
+        return
+    from pydicom.encaps import generate_fragmented_frames
+
+    try:
+        first = next(generate_fragmented_frames(ds.PixelData, number_of_frames=frames))[0]
+        size = codestream_size(str(tsuid), first)
+    except (CodestreamError, StopIteration, IndexError, ValueError, TypeError) as exc:
+        raise ImageDecodeError(f"cannot read the compressed pixel data's header: {exc}") from exc
+    if size is None:
+        return
+    height, width = size
+    if width * max(height, 1) > MAX_PIXELS or width != cols or height not in (0, rows):
+        raise ImageDecodeError(
+            f"compressed pixel data declares {width}x{height} pixels but the DICOM header "
+            f"{cols}x{rows}; refusing to decode"
+        )
 
 
 def decode_image(source: str | Path | bytes, *, reduce_to: int | None = None) -> DecodedImage:

@@ -6,9 +6,10 @@ A chunk (one task, `INFERENCE_CHUNK_SIZE` images) is processed in batches of
 1. claim (one transaction, set-based): unfinished images become `processing`; finished ones
    are skipped;
 2. read + decode + preprocess on a thread pool, one batch ahead of the model: while batch k is
-   in the forward pass, batch k+1 is being decoded (storage reads, Pillow/pydicom and torch
-   resizing release the GIL); DICOM and full-size uploads are read from the small working
-   copy made when they were uploaded; a corrupt image fails alone, with the decoder's reason;
+   in the forward pass, batch k+1 is being decoded. Each image is decoded once, here, in a
+   sandboxed child process (ml/sandbox.py: memory and time limits), which also yields its
+   format, size, DICOM fields and a small working copy (stored, for retries and previews);
+   an image refused by its content gets the status `rejected` with the decoder's reason;
 3. per batch, one forward pass of the binary model that yields the probabilities and the CAM
    heatmaps together (plain CAM from the same features; see ml/cam.py), then the etiology
    model's pass; on CUDA with mixed precision and pinned memory when the worker has a GPU,
@@ -47,11 +48,12 @@ from django.core.files.storage import default_storage
 from django.db import close_old_connections
 
 from backend.studies import services
-from backend.studies.services import ClaimedImage, ResultRecord
+from backend.studies.services import ClaimedImage, DecodeRecord, ResultRecord
 from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
+from ml.decode import WORKING_COPY_SIDE, ImageDecodeError, decode_image
 from ml.predictor import Prediction
-from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image
+from ml.sandbox import DecodeRefused
 
 from .runtime import Models, WorkerRuntime
 
@@ -65,6 +67,7 @@ class ChunkReport:
     skipped: int
     seconds: float
     stages: dict[str, float] | None = None  # seconds per step: claim, prepare, forward, ...
+    rejected: int = 0  # refused by their content when decoded
 
 
 @dataclass
@@ -72,37 +75,59 @@ class _Prepared:
     image: ClaimedImage
     binary_x: torch.Tensor
     etiology_x: torch.Tensor | None
+    decoded: DecodeRecord | None = None  # what the first decode found, to store
 
 
-def _read(name: str) -> np.ndarray:
-    with default_storage.open(name, "rb") as handle:
-        return decode_image(handle.read()).pixels
+@dataclass(frozen=True)
+class _Unusable:
+    reason: str
+    rejected: bool  # refused by its content (status `rejected`), else `failed`
 
 
-def _read_pixels(image: ClaimedImage, models: Models) -> np.ndarray:
-    """The image's pixels: from its working copy when it has one that serves the models.
+def _read_pixels(image: ClaimedImage, runtime: WorkerRuntime,
+                 models: Models) -> tuple[np.ndarray, DecodeRecord | None]:
+    """The image's model-ready pixels, and what its first decode found (None after that).
 
-    The copy was decoded from the original at upload; a DICOM or full-size radiograph then
-    costs ~1 ms here instead of 20-700 ms. An unreadable copy falls back to the original.
+    An image decoded before (a retry) with a working copy that serves the models is read from
+    that copy, our own small JPEG (~1 ms). Otherwise the original is decoded once, in the
+    sandbox (ml/sandbox.py): untrusted bytes never reach a decoder in this process. The first
+    decode also yields the format, size and DICOM fields, and a working copy to store.
     """
-    if image.working_file and models.max_input_size <= WORKING_COPY_SIDE:
+    if image.working_file and image.decoded and models.max_input_size <= WORKING_COPY_SIDE:
         try:
-            return _read(image.working_file)
+            with default_storage.open(image.working_file, "rb") as handle:
+                return decode_image(handle.read()).pixels, None
         except (ImageDecodeError, FileNotFoundError) as exc:
             logger.warning("Working copy of image %s unreadable (%s); reading the original",
                            image.id, exc)
-    return _read(image.file)
+    with default_storage.open(image.file, "rb") as handle:
+        data = handle.read()
+    found = runtime.decode_sandbox(models).inspect(data)
+    assert found.pixels is not None
+    if image.decoded:
+        return found.pixels, None
+    working = (services.working_copy_save(image=image, jpeg=found.working_copy)
+               if found.working_copy and not image.working_file else "")
+    return found.pixels, DecodeRecord(format=found.format, height=found.height,
+                                      width=found.width, metadata=found.metadata,
+                                      working_file=working)
 
 
-def _prepare(image: ClaimedImage, models: Models) -> _Prepared | str:
-    """Read, decode and preprocess one image; a string is the reason it cannot be read."""
+def _prepare(image: ClaimedImage, runtime: WorkerRuntime,
+             models: Models) -> _Prepared | _Unusable:
+    """Read, decode and preprocess one image, or why it cannot be used.
+
+    Storage errors other than a missing file propagate: they are transient (the task retries
+    them with backoff).
+    """
     try:
-        pixels = _read_pixels(image, models)
-    except ImageDecodeError as exc:
-        return f"Could not read the image: {exc}"
+        pixels, decoded = _read_pixels(image, runtime, models)
+    except DecodeRefused as exc:
+        return _Unusable(f"Could not read the image: {exc}", rejected=True)
     except FileNotFoundError:
-        return "Could not read the image: the stored file is missing."
-    return _Prepared(image, *models.inputs(pixels))
+        return _Unusable("Could not read the image: the stored file is missing.",
+                         rejected=False)
+    return _Prepared(image, *models.inputs(pixels), decoded)
 
 
 def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
@@ -172,13 +197,15 @@ def _batch_results(
             for future, etio in zip(rendering, etios, strict=True)]
 
 
-def _record_batch(record: _Record, failures: dict[UUID, str]) -> int:
+def _record_batch(record: _Record, failures: dict[UUID, str], rejections: dict[UUID, str],
+                  decoded: dict[UUID, DecodeRecord]) -> int:
     """Store one batch (recorder thread): its results once their heatmaps are written."""
     # This thread's connection outlives tasks: one broken by a database restart or outage is
     # replaced here (Django marks it on the error); the task's retry runs in another thread.
     close_old_connections()
     stored = [rendering.completed() for rendering in record.renderings]
     return services.results_record_many(results=stored, failures=failures,
+                                        rejections=rejections, decoded=decoded,
                                         on_committed=record.mark_committed)
 
 
@@ -222,31 +249,39 @@ def _discard_heatmaps(renderings: list[_Rendering]) -> None:
                 services.heatmaps_delete(names=[future.result().heatmap])
 
 
-def run_chunk(runtime: WorkerRuntime, image_ids: list[str]) -> ChunkReport:
-    """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing."""
+class ModelUnavailable(RuntimeError):
+    """This process has no model: its chunks must go to another worker."""
+
+
+def run_chunk(runtime: WorkerRuntime, image_ids: list[str], *, token: str = "",
+              previous_token: str = "") -> ChunkReport:
+    """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing.
+
+    `token` names the task try that claims the images, `previous_token` the try before it
+    (services.chunk_claim: only lost workers count as attempts). Raises ModelUnavailable
+    when the models cannot be loaded: the images are left alone for another worker.
+    """
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         models = runtime.models()
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
         logger.error("No model: %s", exc)
-        failed = services.images_fail_many(image_ids=image_ids,
-                                           reason=f"The model could not be loaded: {exc}")
-        return ChunkReport(done=0, failed=failed, skipped=len(image_ids) - failed,
-                           seconds=time.perf_counter() - started)
+        raise ModelUnavailable(str(exc)) from exc
     stages = _Stages()
     claim = services.chunk_claim(image_ids=image_ids,
-                                 max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
+                                 max_attempts=settings.INFERENCE_MAX_ATTEMPTS,
+                                 token=token, previous_token=previous_token)
     stages.lap("claim")
     pool = runtime.io_pool(models.device)
     recorder = runtime.recorder()
     size = max(1, settings.INFERENCE_BATCH_SIZE)
     batches = [claim.images[i:i + size] for i in range(0, len(claim.images), size)]
-    failed = 0
+    failed = rejected = 0
     pending: list[Future[Any]] = []
     records: list[_Record] = []
 
-    def decode(batch: list[ClaimedImage]) -> list[Future[_Prepared | str]]:
-        futures = [pool.submit(_prepare, image, models) for image in batch]
+    def decode(batch: list[ClaimedImage]) -> list[Future[_Prepared | _Unusable]]:
+        futures = [pool.submit(_prepare, image, runtime, models) for image in batch]
         pending.extend(futures)
         return futures
 
@@ -259,18 +294,22 @@ def run_chunk(runtime: WorkerRuntime, image_ids: list[str]) -> ChunkReport:
             decoding = decode(batches[index + 1]) if index + 1 < len(batches) else []
             prepared = []
             failures: dict[UUID, str] = {}
+            rejections: dict[UUID, str] = {}
             for image, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, str):
-                    failures[image.id] = outcome
+                if isinstance(outcome, _Unusable):
+                    (rejections if outcome.rejected else failures)[image.id] = outcome.reason
                 else:
                     prepared.append(outcome)
             failed += len(failures)
+            rejected += len(rejections)
+            decoded = {p.image.id: p.decoded for p in prepared if p.decoded is not None}
             stages.lap("prepare")
             rendered = _batch_results(models, prepared, pool) if prepared else []
             pending.extend(r.result for r in rendered)
             record = _Record(rendered)
             records.append(record)
-            record.future = recorder.submit(_record_batch, record, failures)
+            record.future = recorder.submit(_record_batch, record, failures, rejections,
+                                            decoded)
             stages.lap("forward")
         done = sum(record.future.result() for record in records)
         stages.lap("record")
@@ -279,13 +318,15 @@ def run_chunk(runtime: WorkerRuntime, image_ids: list[str]) -> ChunkReport:
         # the rest); nothing refers to the other heatmaps, so they go.
         _abandon(records, pending)
         raise
-    skipped = len(image_ids) - len(claim.images) - len(claim.given_up)
+    skipped = (len(image_ids) - len(claim.images) - len(claim.given_up)
+               - len(claim.set_aside))
     report = ChunkReport(done=done, failed=failed + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
-                         stages=stages.seconds)
+                         stages=stages.seconds, rejected=rejected)
     runtime.trimmer.processed(len(image_ids))
-    logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s, CPU %.3f s (%s)",
-                len(image_ids), report.done, report.failed, report.skipped, report.seconds,
+    logger.info("Chunk of %d: %d done, %d failed, %d rejected, %d skipped in %.3f s, "
+                "CPU %.3f s (%s)", len(image_ids), report.done, report.failed, report.rejected,
+                report.skipped, report.seconds,
                 time.process_time() - cpu_started,
                 " ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.seconds.items()))
     return report

@@ -24,8 +24,10 @@ from django.conf import settings
 from django.db import connections
 
 from backend.config.sizing import torch_threads
+from ml.decode import WORKING_COPY_SIDE
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import preprocess
+from ml.sandbox import Sandbox
 
 from .signals import pool_processes
 from .tuning import MemoryTrimmer, freeze_startup_objects, idle_priority, tune_allocator
@@ -131,6 +133,7 @@ class WorkerRuntime:
         self._models: Models | None = None
         self._io_pool: ThreadPoolExecutor | None = None
         self._recorder: ThreadPoolExecutor | None = None
+        self._sandbox: Sandbox | None = None
         self._lock = threading.Lock()
 
     @property
@@ -188,6 +191,29 @@ class WorkerRuntime:
                                                     thread_name_prefix="chunk-record")
             return self._recorder
 
+    def decode_sandbox(self, models: Models) -> Sandbox:
+        """The decoding child processes (ml/sandbox.py): untrusted files are decoded there,
+        with DECODE_MEMORY_LIMIT_MB and DECODE_TIME_LIMIT_S, never in this process."""
+        with self._lock:
+            if self._sandbox is None:
+                self._sandbox = Sandbox(
+                    processes=(settings.DECODE_PROCESSES or settings.INFERENCE_IO_THREADS
+                               or os.cpu_count() or 1),
+                    memory_bytes=settings.DECODE_MEMORY_LIMIT_MB * 2**20,
+                    time_limit_s=settings.DECODE_TIME_LIMIT_S,
+                    working_copies=settings.WORKING_COPIES,
+                    full_pixels=models.max_input_size > WORKING_COPY_SIDE,
+                )
+            return self._sandbox
+
+    def close_sandbox(self) -> None:
+        """Stop the decoding children (a new set starts at the next use: tests change the
+        limits this way)."""
+        with self._lock:
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            sandbox.close()
+
     def close_recorder_connection(self) -> None:
         """Close the recorder thread's database connection (tests, before the database is
         dropped; a worker process simply exits)."""
@@ -197,6 +223,7 @@ class WorkerRuntime:
     def close(self) -> None:
         """Stop the threads and close the recorder's database connection."""
         self.close_recorder_connection()
+        self.close_sandbox()
         for pool in (self._recorder, self._io_pool):
             if pool is not None:
                 pool.shutdown()

@@ -16,11 +16,20 @@ import logging
 import os
 
 from celery import signals
+from celery.platforms import signals as platform_signals
 
 logger = logging.getLogger(__name__)
 
 _serves_inference = False
 _pool_processes = 1
+
+
+_in_pool_process = False
+
+
+def in_pool_process() -> bool:
+    """Whether this is a worker's pool process (forked by a worker serving `inference`)."""
+    return _in_pool_process
 
 
 def serves_inference() -> bool:
@@ -43,17 +52,35 @@ def _note_queues(sender: object = None, **kwargs: object) -> None:
     queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
     consume_from = getattr(queues, "consume_from", None) or {}
     _serves_inference = INFERENCE_QUEUE in consume_from
+    if _serves_inference:
+        platform_signals[STOP_SIGNAL] = _stop_failed
+
+
+# A pool process that cannot work (no model) asks its parent to stop with this signal.
+STOP_SIGNAL = "SIGUSR2"
+
+
+def _stop_failed(signum: int, frame: object) -> None:
+    """In the parent: a warm shutdown whose exit status says it failed (1), so a supervisor
+    sees it. Celery's own cold shutdown (SIGQUIT) would exit with 0."""
+    from celery.platforms import EX_FAILURE
+    from celery.worker import state
+
+    state.should_stop = EX_FAILURE
 
 
 @signals.worker_process_init.connect
 def _start_runtime(**kwargs: object) -> None:
     """In each pool process, after the fork: this process's WorkerRuntime, its models loaded
     at once, so a task never waits."""
+    global _in_pool_process
     from django.conf import settings
 
+    _in_pool_process = _serves_inference
     if not _serves_inference:
         return
     from .runtime import WorkerRuntime, install
+    from .tasks import stop_this_worker
 
     runtime = WorkerRuntime(pool_processes=_pool_processes)
     install(runtime)
@@ -61,6 +88,7 @@ def _start_runtime(**kwargs: object) -> None:
         return
     try:
         runtime.models()
-    except Exception:
-        # The worker stays up; each task reports the problem in its images' failure reason.
+    except Exception as exc:
+        # A worker without a model must not take chunks it can only fail: it stops.
         logger.exception("Could not load the models in worker process %s", os.getpid())
+        stop_this_worker(f"the model could not be loaded: {exc}")

@@ -8,11 +8,14 @@ This module imports neither torch nor the model (see worker/signals.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import random
+import signal
 
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,7 +35,30 @@ try:  # S3 storage: endpoint unreachable
 except ImportError:  # pragma: no cover - botocore is installed with django-storages[s3]
     pass
 
+# Ordinary storage and OS errors that pass: a full disk being cleaned, an I/O error of a
+# network volume, an object store's 5xx. Retried with backoff like an outage, never counted
+# as an attempt (attempts count only lost workers).
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EAGAIN, errno.EBUSY,
+                              errno.ETIMEDOUT, errno.EDQUOT, errno.ESTALE, errno.ENOMEM,
+                              errno.ECONNRESET, errno.ECONNREFUSED, errno.EHOSTUNREACH})
+S3_TRANSIENT_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError",
+                                "RequestTimeout", "RequestTimeTooSkewed", "Throttling"})
+
 MAX_RETRIES = 8
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an error is worth retrying: an outage or an ordinary storage / OS error."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        return True
+    response = getattr(exc, "response", None)  # botocore ClientError: the S3 answer
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = response.get("Error", {}).get("Code", "")
+        return int(status) >= 500 or code in S3_TRANSIENT_CODES
+    return False
 
 
 def backoff_s(retries: int) -> float:
@@ -65,12 +91,26 @@ def _record_failure(image_ids: list[str], reason: str) -> None:
     max_retries=MAX_RETRIES,
 )
 def infer_images(self, image_ids: list[str]) -> dict[str, int]:
-    """Classify a chunk of images; finished images are skipped, so a repeat is harmless."""
+    """Classify a chunk of images; finished images are skipped, so a repeat is harmless.
+
+    The claim token names this try (task id and retry number): after a transient error the
+    retry re-claims the images its previous try held without counting an attempt; a loss of
+    the worker (the message redelivered, same try) counts one.
+    """
     from . import inference  # torch is imported in the pool process only
     from .runtime import process_runtime
 
+    retries = self.request.retries or 0
+    task_id = self.request.id or "local"
     try:
-        report = inference.run_chunk(process_runtime(), image_ids)
+        report = inference.run_chunk(
+            process_runtime(), image_ids, token=f"{task_id}:{retries}",
+            previous_token=f"{task_id}:{retries - 1}" if retries else "")
+    except inference.ModelUnavailable as exc:
+        # Not the images' fault: they go back to the queue for a worker that has a model,
+        # and this one stops consuming instead of failing every hospital's images.
+        stop_this_worker(f"the model could not be loaded: {exc}")
+        raise Reject(str(exc), requeue=True) from exc
     except SoftTimeLimitExceeded:
         limit = self.request.timelimit[1] if self.request.timelimit else None
         limit = limit or settings.CELERY_TASK_SOFT_TIME_LIMIT
@@ -80,39 +120,61 @@ def infer_images(self, image_ids: list[str]) -> dict[str, int]:
         _record_failure(image_ids, f"Timed out: classifying this batch took longer than the "
                                    f"{limit} s time limit.")
         return {"done": 0, "failed": len(image_ids)}
-    except TRANSIENT_ERRORS as exc:
-        _drop_connections()
-        if self.request.retries >= self.max_retries:
-            logger.error("Giving up on a chunk after %d retries: %r", self.request.retries, exc)
-            _record_failure(image_ids, f"Failed after {self.request.retries} retries: the "
-                                       f"service was unavailable ({type(exc).__name__}).")
-            return {"done": 0, "failed": len(image_ids)}
-        countdown = backoff_s(self.request.retries)
-        logger.warning("Transient error (%r); retry %d in %.1f s", exc,
-                       self.request.retries + 1, countdown)
-        raise self.retry(exc=exc, countdown=countdown) from exc
     except Exception as exc:
-        logger.exception("Chunk of %d images failed", len(image_ids))
-        _record_failure(image_ids, f"Internal error while classifying: "
-                                   f"{type(exc).__name__}: {exc}")
-        return {"done": 0, "failed": len(image_ids)}
+        if not is_transient(exc):
+            logger.exception("Chunk of %d images failed", len(image_ids))
+            _record_failure(image_ids, f"Internal error while classifying: "
+                                       f"{type(exc).__name__}: {exc}")
+            return {"done": 0, "failed": len(image_ids)}
+        _drop_connections()
+        if retries >= self.max_retries:
+            logger.error("Giving up on a chunk after %d retries: %r", retries, exc)
+            _record_failure(image_ids, f"Failed after {retries} retries: the service was "
+                                       f"unavailable ({type(exc).__name__}).")
+            return {"done": 0, "failed": len(image_ids)}
+        countdown = backoff_s(retries)
+        logger.warning("Transient error (%r); retry %d in %.1f s", exc, retries + 1, countdown)
+        raise self.retry(exc=exc, countdown=countdown) from exc
     finally:
         close_old_connections()
-    return {"done": report.done, "failed": report.failed, "skipped": report.skipped}
+    return {"done": report.done, "failed": report.failed, "rejected": report.rejected,
+            "skipped": report.skipped}
+
+
+def stop_this_worker(reason: str) -> None:
+    """Stop the whole worker (exit status 1), logged, from a pool process.
+
+    A worker that cannot load its model would otherwise take every chunk from the queue and
+    fail it: the message in hand is requeued (acks_late) and the worker leaves the queue to
+    the healthy ones; its supervisor (make run, systemd, compose) sees it exit non-zero.
+    """
+    from .signals import STOP_SIGNAL, in_pool_process
+
+    logger.critical("Stopping this worker: %s", reason)
+    if in_pool_process():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(os.getppid(), getattr(signal, STOP_SIGNAL))
 
 
 @shared_task(name=dispatch.SWEEP_TASK, acks_late=True)
 def sweep_stuck_images() -> dict[str, int]:
-    """Requeue images a dead worker left in `processing` (and queued ones whose message was
-    lost); runs every SWEEP_INTERVAL_S on the `default` queue (celery beat)."""
+    """Put back on its way whatever a failure left behind (services.images_requeue_stuck):
+    images a lost worker held, images never sent (broker down), messages lost, studies whose
+    status recomputation failed, studies left receiving parts. Runs every SWEEP_INTERVAL_S
+    on the `default` queue (celery beat)."""
     from backend.studies import services
 
     outcome = services.images_requeue_stuck(
         processing_deadline_s=settings.STUCK_IMAGE_DEADLINE_S,
         queued_deadline_s=settings.QUEUED_IMAGE_DEADLINE_S,
         inference_queue_empty=dispatch.queue_depths()[dispatch.INFERENCE_QUEUE] == 0,
+        unsent_grace_s=settings.UNSENT_GRACE_S,
+        receiving_timeout_s=settings.UPLOAD_OPEN_TIMEOUT_S,
+        reconcile_after_s=settings.RECONCILE_AFTER_S,
     )
-    return {"stuck_processing": outcome.stuck_processing, "lost_queued": outcome.lost_queued}
+    return {"stuck_processing": outcome.stuck_processing, "lost_queued": outcome.lost_queued,
+            "unsent": outcome.unsent, "reconciled": outcome.reconciled,
+            "closed": outcome.closed}
 
 
 @shared_task(name="worker.tasks.purge_expired_studies", acks_late=True)

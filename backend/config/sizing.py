@@ -44,12 +44,3 @@ def torch_threads(configured: int, *, processes: int, cores: int | None = None) 
         return configured
     return max(1, (cores or usable_cores()) // max(1, processes))
 
-
-MAX_AUTO_UPLOAD_THREADS = 4
-
-
-def upload_decode_threads(configured: int, *, cores: int | None = None) -> int:
-    """Files an upload decodes at once: `configured` when set, else one per core (at most 4)."""
-    if configured > 0:
-        return configured
-    return max(1, min(MAX_AUTO_UPLOAD_THREADS, cores or usable_cores()))

@@ -8,6 +8,7 @@ and the broker see all of it, so every number here is correct whichever process 
 * pneumoscan_images{status}                     images per status now
 * pneumoscan_images_processed_total             images with a result
 * pneumoscan_image_failures_total               images that failed (reason in Image.error)
+* pneumoscan_image_rejections_total             images refused by their content when decoded
 * pneumoscan_inference_seconds (histogram)      model time per image (batched forward / n)
 * pneumoscan_end_to_end_seconds (histogram)     upload -> result stored, per finished image
 * pneumoscan_studies{status}                    studies per status now
@@ -88,6 +89,11 @@ class PneumoScanCollector:
                                        "Images that ended in a recorded failure.")
         failures.add_metric([], by_status.get(Image.Status.FAILED, 0))
         yield failures
+        rejections = CounterMetricFamily(
+            "pneumoscan_image_rejections",
+            "Images refused by their content when a worker decoded them (not an outage).")
+        rejections.add_metric([], by_status.get(Image.Status.REJECTED, 0))
+        yield rejections
 
         studies_by_status = dict(Study.objects.values_list("status").annotate(n=Count("pk")))
         studies = GaugeMetricFamily("pneumoscan_studies", "Studies per status.",

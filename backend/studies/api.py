@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from backend.accounts.permissions import HasHospital, IsHospitalAdmin
 from backend.audit.models import AuditEvent
 from backend.audit.services import audit_record
-from ml.decode import ImageDecodeError
+from ml.sandbox import DecodeRefused
 
 from . import deletion, exports, previews, selectors, services
 from .quotas import HospitalUploadQuota, UploadRateThrottle
@@ -28,6 +28,7 @@ from .serializers import (
     StudyCreateInputSerializer,
     StudyCreateOutputSerializer,
     StudyDetailSerializer,
+    StudyFilesInputSerializer,
     StudyFilterSerializer,
     StudySerializer,
 )
@@ -78,6 +79,7 @@ class StudyListCreateApi(APIView):
                 "name": request.data.get("name", ""),
                 "accession_number": request.data.get("accession_number", ""),
                 "priority": request.data.get("priority", "routine"),
+                "receiving": request.data.get("receiving", False),
             }
         )
         data.is_valid(raise_exception=True)
@@ -87,24 +89,67 @@ class StudyListCreateApi(APIView):
             name=data.validated_data["name"],
             accession_number=data.validated_data["accession_number"],
             priority=data.validated_data["priority"],
+            receiving=data.validated_data["receiving"],
         )
-        study = None
-        if outcome.study is not None:
-            study = selectors.study_get(user=request.user, study_id=outcome.study.id)
-            audit_record(
-                action=AuditEvent.Action.STUDY_UPLOADED, user=request.user, request=request,
-                object_type="study", object_id=study.id,
-                # Counts only: file names can carry patient names (the audit log keeps none).
-                detail={"accepted": len(outcome.accepted), "rejected": len(outcome.rejected)},
-            )
-        # One query for the (absent) results of every accepted image, not one per image: a
-        # 500-file upload otherwise made 500 queries after its commit, beside the workers.
-        prefetch_related_objects(outcome.accepted, "result")
-        body = StudyCreateOutputSerializer(
-            {"study": study, "accepted": outcome.accepted, "rejected": outcome.rejected}
-        ).data
-        code = status.HTTP_201_CREATED if study is not None else status.HTTP_400_BAD_REQUEST
-        return Response(body, status=code)
+        return _upload_answer(request, outcome, status.HTTP_201_CREATED)
+
+
+def _upload_answer(request: Request, outcome: services.StudyCreateOutcome,
+                   success: int) -> Response:
+    """The study with the files accepted and those refused (400 when none was stored)."""
+    study = None
+    if outcome.study is not None:
+        study = selectors.study_get(user=request.user, study_id=outcome.study.id)
+        audit_record(
+            action=AuditEvent.Action.STUDY_UPLOADED, user=request.user, request=request,
+            object_type="study", object_id=study.id,
+            # Counts only: file names can carry patient names (the audit log keeps none).
+            detail={"accepted": len(outcome.accepted), "rejected": len(outcome.rejected)},
+        )
+    # One query for the (absent) results of every accepted image, not one per image: a
+    # 500-file upload otherwise made 500 queries after its commit, beside the workers.
+    prefetch_related_objects(outcome.accepted, "result")
+    body = StudyCreateOutputSerializer(
+        {"study": study, "accepted": outcome.accepted, "rejected": outcome.rejected}
+    ).data
+    return Response(body, status=success if study is not None else status.HTTP_400_BAD_REQUEST)
+
+
+class StudyFilesAppendApi(APIView):
+    """Append one more part of files to a study created with `receiving=true`."""
+
+    permission_classes = [HasHospital]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        request={"multipart/form-data": StudyFilesInputSerializer},
+        responses={200: StudyCreateOutputSerializer,
+                   409: OpenApiResponse(DETAIL, description="The study is closed.")},
+    )
+    def post(self, request: Request, study_id: UUID) -> Response:
+        study = selectors.study_get(user=request.user, study_id=study_id)
+        data = StudyFilesInputSerializer(data={"files": request.FILES.getlist("files")})
+        data.is_valid(raise_exception=True)
+        try:
+            outcome = services.study_append(study_id=study.id,
+                                            uploads=data.validated_data["files"])
+        except services.StudyStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return _upload_answer(request, outcome, status.HTTP_200_OK)
+
+
+class StudyCloseApi(APIView):
+    """No more parts: the study finishes once its images do (idempotent)."""
+
+    permission_classes = [HasHospital]
+
+    @extend_schema(request=None, responses={200: StudyActionOutputSerializer})
+    def post(self, request: Request, study_id: UUID) -> Response:
+        study = selectors.study_get(user=request.user, study_id=study_id)
+        images = services.study_close(study_id=study.id)
+        study = selectors.study_get(user=request.user, study_id=study.id)
+        return Response(StudyActionOutputSerializer(
+            {"study": study, "images_changed": images}).data)
 
 
 class StudyDetailApi(APIView):
@@ -251,7 +296,7 @@ class ImagePreviewApi(APIView):
         image = selectors.image_get(user=request.user, image_id=image_id)
         try:
             path = previews.preview_get_or_create(image)
-        except (ImageDecodeError, OSError) as exc:
+        except (DecodeRefused, OSError) as exc:
             raise Http404(f"No preview for this image: {exc}") from exc
         return _private(FileResponse(default_storage.open(path, "rb"),
                                      content_type="image/png"))

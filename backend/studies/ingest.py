@@ -1,8 +1,10 @@
-"""Inspection of uploaded files before anything is stored.
+"""Checks of uploaded files before anything is stored, and the fields a decode fills in.
 
-Every file is decoded once with the model's own decoder, so that what the web accepts is
-exactly what a worker can read; anything else is rejected with a reason the user can act on.
-ZIP archives are expanded here, one entry at a time, under explicit caps (see docs/api.md).
+The web process never decodes an image: an upload checks what costs nothing (size, empty
+files, the leading bytes, duplicates) and expands ZIP archives one entry at a time under
+explicit caps (see docs/api.md). The content is decoded once, in the worker that classifies
+the image, inside a sandboxed child process (ml.sandbox); `image_details` turns that decode
+into the Image's fields.
 """
 
 from __future__ import annotations
@@ -12,16 +14,10 @@ import io
 import posixpath
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, Any
 
-from ml.decode import (
-    WORKING_COPY_SIDE,
-    ImageDecodeError,
-    decode_image,
-    needs_working_copy,
-    working_copy_jpeg,
-)
+from ml.decode import sniff_format
 
 # DICOM keyword -> Image model field; nothing else from the header is kept.
 DICOM_FIELDS = {
@@ -48,23 +44,14 @@ ADULT_AGE_YEARS = 18
 
 
 @dataclass(frozen=True)
-class InspectedFile:
+class ScreenedFile:
+    """A file that passed the checks an upload makes without decoding anything."""
+
     name: str
     data: bytes
     sha256: str
-    format: str
-    width: int
-    height: int
-    fields: dict[str, str] = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    format: str  # from the leading bytes; the worker's decode confirms it
     size: int = 0
-    working_copy: bytes = b""  # ml.decode.working_copy_jpeg, when the original is costly
-
-    def __post_init__(self) -> None:
-        if self.data and not self.size:
-            object.__setattr__(self, "size", len(self.data))
-
 
 @dataclass(frozen=True)
 class Rejection:
@@ -131,45 +118,36 @@ def is_zip(name: str, head: bytes) -> bool:
     return head.startswith(ZIP_MAGIC)
 
 
-def inspect_file(name: str, data: bytes, *, max_bytes: int,
-                 working_copies: bool = True) -> InspectedFile | Rejection:
+def screen_file(name: str, data: bytes, *, max_bytes: int) -> ScreenedFile | Rejection:
+    """What an upload checks without decoding: size, emptiness and the leading bytes.
+
+    Decoding (the one check of the content) runs later in a worker's sandbox
+    (ml.sandbox): a file refused there gets the status `rejected` with the reason.
+    """
     if not data:
         return Rejection(name, "The file is empty.")
     if len(data) > max_bytes:
         return Rejection(name, f"The file is larger than the limit of {max_bytes} bytes.")
-    try:
-        # Large JPEGs at reduced scale when a working copy is all the pixels are needed for.
-        decoded = decode_image(data, reduce_to=WORKING_COPY_SIDE if working_copies else None)
-    except ImageDecodeError as exc:
-        return Rejection(name, str(exc))
-    except Exception as exc:  # a decoder bug must reject one file, never fail the request
-        return Rejection(name, f"could not read the image ({exc.__class__.__name__})")
+    fmt = sniff_format(data)
+    if fmt is None:
+        return Rejection(name, "unrecognised file format: expected a JPEG, PNG or DICOM image")
+    return ScreenedFile(name=name, data=data, sha256=hashlib.sha256(data).hexdigest(),
+                        format=fmt, size=len(data))
+
+
+def image_details(name: str, *, fmt: str, height: int, width: int,
+                  metadata: dict[str, str]) -> dict[str, Any]:
+    """The Image fields a decode fills in: format, size, DICOM fields, flags and notes."""
     fields = {
-        model_field: str(decoded.metadata.get(keyword, "")).strip()[
+        model_field: str(metadata.get(keyword, "")).strip()[
             : FIELD_LENGTHS.get(model_field, 64)
         ]
         for keyword, model_field in DICOM_FIELDS.items()
-        if str(decoded.metadata.get(keyword, "")).strip()
+        if str(metadata.get(keyword, "")).strip()
     }
-    height, width = decoded.shape
-    note = name_note(name, decoded.format)
-    # Decoded here anyway (to validate): the workers get a small copy instead of decoding the
-    # original once more.
-    working_copy = (working_copy_jpeg(decoded.pixels)
-                    if working_copies and needs_working_copy(decoded.format, height, width)
-                    else b"")
-    return InspectedFile(
-        name=name,
-        data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
-        format=decoded.format,
-        width=int(width),
-        height=int(height),
-        fields=fields,
-        flags=population_flags(fields, fmt=decoded.format),
-        notes=[note] if note else [],
-        working_copy=working_copy,
-    )
+    note = name_note(name, fmt)
+    return {"format": fmt, "width": int(width), "height": int(height), **fields,
+            "flags": population_flags(fields, fmt=fmt), "notes": [note] if note else []}
 
 
 def _unsafe_entry_name(name: str) -> str | None:
@@ -249,6 +227,6 @@ def expand_zip(
 
 
 __all__ = [
-    "InspectedFile", "Rejection", "ZipLimits", "expand_zip", "inspect_file", "is_zip",
-    "name_note", "population_flags",
+    "Rejection", "ScreenedFile", "ZipLimits", "expand_zip", "image_details", "is_zip",
+    "name_note", "population_flags", "screen_file",
 ]

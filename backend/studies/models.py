@@ -59,6 +59,9 @@ class Study(models.Model):
     accession_number = models.CharField(max_length=64, blank=True, default="")
     priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.ROUTINE)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    # More files may still be appended (an upload in parts): the study cannot finish, nor send
+    # its webhook, until it is closed (POST .../close/, or the sweep after UPLOAD_OPEN_TIMEOUT_S).
+    receiving = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -78,8 +81,10 @@ class Image(models.Model):
         DONE = "done"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        # Refused by its content when a worker decoded it (the reason is in `error`).
+        REJECTED = "rejected"
 
-    FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELLED)
+    FINAL_STATUSES = (Status.DONE, Status.FAILED, Status.CANCELLED, Status.REJECTED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
@@ -91,12 +96,21 @@ class Image(models.Model):
     original_name = models.CharField(max_length=500)
     sha256 = models.CharField(max_length=64)
     size_bytes = models.PositiveBigIntegerField()
-    format = models.CharField(max_length=16)  # jpeg, png, dicom
+    format = models.CharField(max_length=16)  # jpeg, png, dicom (from the leading bytes, then
+    # confirmed by the worker's decode, which also fills in the size and DICOM fields)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True, default="")
+    # Times a worker was lost while holding this image (killed, crashed); transient errors
+    # do not count. An image lost INFERENCE_MAX_ATTEMPTS times fails.
     attempts = models.PositiveIntegerField(default=0)
+    # Outbox: when its inference message was last handed to the broker; NULL while none was
+    # (broker down at upload). The sweep sends the queued images that have none.
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # The task try that holds the image while `processing` ("<task id>:<retries>"): a retry
+    # after a transient error re-claims its own images without counting a lost worker.
+    claimed_by = models.CharField(max_length=80, blank=True, default="")
     # Warnings a clinician must see next to the result (non-chest, adult, ...).
     flags = models.JSONField(default=list, blank=True)
     # Remarks about the upload itself (e.g. a PNG named .dcm, accepted by its content).

@@ -1,8 +1,9 @@
 """PNG renderings of uploaded images, for browsers (which cannot show DICOM).
 
-Rendered from ``ml.decode.decode_image`` (so MONOCHROME1 is inverted and the VOI window
-applied, as the model sees it), downscaled to at most PREVIEW_MAX_SIDE pixels, and cached
-through the storage API next to the upload: never under a public URL.
+Decoded by ``ml.decode.decode_image`` (so MONOCHROME1 is inverted and the VOI window
+applied, as the model sees it) in a sandboxed child process (ml.sandbox: memory and time
+limits), never in the web process itself; downscaled to at most PREVIEW_MAX_SIDE pixels, and
+cached through the storage API next to the upload: never under a public URL.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from ml.decode import decode_image
+from ml.sandbox import shared_sandbox
 
 from .models import Image
 
@@ -26,7 +28,11 @@ def preview_path(image: Image) -> str:
 
 
 def render_preview(data: bytes) -> bytes:
-    pixels = decode_image(data).pixels
+    """The PNG preview; raises ml.sandbox.DecodeRefused when the file cannot be decoded."""
+    sandbox = shared_sandbox(processes=1, memory_bytes=settings.DECODE_MEMORY_LIMIT_MB * 2**20,
+                             time_limit_s=settings.DECODE_TIME_LIMIT_S, full_pixels=True)
+    pixels = sandbox.inspect(data).pixels
+    assert pixels is not None
     gray = PILImage.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8))
     gray.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), PILImage.Resampling.LANCZOS)
     out = io.BytesIO()

@@ -56,6 +56,7 @@ def with_progress(studies: QuerySet[Study]) -> QuerySet[Study]:
         n_total=_image_count(),
         n_done=_image_count(status=Image.Status.DONE),
         n_failed=_image_count(status=Image.Status.FAILED),
+        n_rejected=_image_count(status=Image.Status.REJECTED),
         n_pneumonia=_image_count(result__label="pneumonia"),
         n_out_of_scope=_image_count(result__scope="out_of_scope"),
         n_not_analysed=_image_count(result__scope="out_of_scope", result__label=""),

@@ -13,16 +13,34 @@ from rest_framework import serializers
 from .models import Image, Study
 
 
-class StudyCreateInputSerializer(serializers.Serializer):
+class StudyFilesInputSerializer(serializers.Serializer):
     files = serializers.ListField(
         child=serializers.FileField(allow_empty_file=True), allow_empty=False,
         help_text="JPEG, PNG, DICOM files or ZIP archives of them; repeat the field.",
+    )
+
+
+class StudyCreateInputSerializer(serializers.Serializer):
+    files = serializers.ListField(
+        child=serializers.FileField(allow_empty_file=True), required=False, default=list,
+        help_text="JPEG, PNG, DICOM files or ZIP archives of them; repeat the field. "
+                  "Required unless `receiving` is true.",
+    )
+    receiving = serializers.BooleanField(
+        required=False, default=False,
+        help_text="More parts follow: append them with POST /api/studies/{id}/files/, then "
+                  "POST /api/studies/{id}/close/. The study cannot finish before it is closed.",
     )
     name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     accession_number = serializers.CharField(
         max_length=64, required=False, allow_blank=True, default=""
     )
     priority = serializers.ChoiceField(choices=Study.Priority.choices, default="routine")
+
+    def validate(self, attrs: dict) -> dict:
+        if not attrs["files"] and not attrs["receiving"]:
+            raise serializers.ValidationError({"files": ["No file was submitted."]})
+        return attrs
 
 
 @extend_schema_field(OpenApiTypes.DATETIME)
@@ -145,6 +163,7 @@ class ProgressSerializer(serializers.Serializer):
     total = serializers.IntegerField()
     done = serializers.IntegerField()
     failed = serializers.IntegerField()
+    rejected = serializers.IntegerField(help_text="Refused by their content when decoded.")
     pneumonia = serializers.IntegerField()
     out_of_scope = serializers.IntegerField(
         help_text="Images outside the validated population (not analysed, or warned).")
@@ -158,7 +177,7 @@ class StudySerializer(serializers.ModelSerializer):
     class Meta:
         model = Study
         fields = [
-            "id", "name", "accession_number", "priority", "status", "progress",
+            "id", "name", "accession_number", "priority", "status", "receiving", "progress",
             "created_at", "finished_at",
         ]
 
@@ -168,6 +187,7 @@ class StudySerializer(serializers.ModelSerializer):
             "total": getattr(study, "n_total", 0),
             "done": getattr(study, "n_done", 0),
             "failed": getattr(study, "n_failed", 0),
+            "rejected": getattr(study, "n_rejected", 0),
             "pneumonia": getattr(study, "n_pneumonia", 0),
             "out_of_scope": getattr(study, "n_out_of_scope", 0),
             "not_analysed": getattr(study, "n_not_analysed", 0),

@@ -363,3 +363,47 @@ def test_closed_sign_up_is_not_offered(page: Any, settings: Any) -> None:
     page.goto("/#/signup")
     expect(page.get_by_role("alert")).to_contain_text("Sign-up is closed")
     expect(page.get_by_role("button", name="Create account")).to_have_count(0)
+
+
+def test_large_folder_goes_in_parts_with_a_failed_part_retried(page: Any) -> None:
+    """101 files: two requests to one study (the second fails once and is sent again), one
+    progress bar, then the study is closed and opens with every file accepted."""
+    from playwright.sync_api import expect
+
+    from backend.studies.models import Image, Study
+    from tests.backend.conftest import png_bytes
+
+    sign_up(page, "dr.parts", "Parts Hospital")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(f"{request.method} {request.url}")
+            if "/api/studies/" in request.url and request.method == "POST" else None)
+    failed_once: list[str] = []
+
+    def flaky(route: Any) -> None:
+        if not failed_once:  # the connection drops on the first try of the second part
+            failed_once.append(route.request.url)
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/api/studies/[0-9a-f-]{36}/files/$"), flaky)
+    page.get_by_role("link", name="New upload").first.click()
+    page.get_by_label("Study name").fill("Whole ward folder")
+    page.set_input_files("#pick-files", files=[
+        {"name": f"cxr-{i:03d}.png", "mimeType": "image/png", "buffer": png_bytes(seed=i)}
+        for i in range(101)
+    ])
+    expect(page.locator("#file-list > li")).to_have_count(101)
+    page.get_by_role("button", name="Upload and analyse").click()
+
+    page.wait_for_url(re.compile(r"#/studies/[0-9a-f-]{36}$"), timeout=60_000)
+    study_id = page.url.rsplit("/", 1)[-1]
+    expect(page.locator("#upload-report")).to_contain_text("101 files accepted")
+    assert failed_once, "the second part was never sent"
+    posts = [r for r in requests if study_id in r or r.endswith("/api/studies/")]
+    assert sum(r.endswith("/api/studies/") for r in posts) == 1  # one study
+    assert sum(r.endswith("/files/") for r in posts) == 2  # the second part, sent twice
+    assert sum(r.endswith("/close/") for r in posts) == 1
+    study = Study.objects.get(id=study_id)
+    assert not study.receiving and study.name == "Whole ward folder"
+    assert Image.objects.filter(study=study).count() == 101

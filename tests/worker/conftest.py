@@ -140,7 +140,8 @@ def wait_study(study_id: str, timeout: float = 120) -> dict:
 
 def launch_worker(log: Path, *, db_name: str, checkpoint: Path, redis_url: str = TEST_REDIS_URL,
                   queues: str = "inference,default", name: str = "w", beat: bool = False,
-                  concurrency: int | None = 1, **extra_env: str) -> subprocess.Popen:
+                  concurrency: int | None = 1, app: str = "worker",
+                  **extra_env: str) -> subprocess.Popen:
     """A real `celery worker` (own process group, so kill -9 can take all its processes)."""
     env = worker_env(db_name, REDIS_URL=redis_url, TEST_REDIS_URL=redis_url,
                      MODEL_CHECKPOINT_BINARY=str(checkpoint),
@@ -148,7 +149,7 @@ def launch_worker(log: Path, *, db_name: str, checkpoint: Path, redis_url: str =
                      **{"PNEUMO_TORCH_THREADS": "1", "INFERENCE_IO_THREADS": "2", **extra_env})
     # Without a concurrency, the worker sizes its pool from the settings, as `make worker`.
     pool = [f"--concurrency={concurrency}"] if concurrency else []
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues,
+    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues,
             "--pool=prefork", *pool, "-n", f"{name}-{os.getpid()}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if beat:

@@ -42,7 +42,8 @@ def test_uploaded_xray_is_classified_by_a_real_worker(
     body = wait_for(finished, timeout=120)
     assert body["status"] == "done", body
     positive = int(body["images"][0]["result"]["label"] == "pneumonia")
-    assert body["progress"] == {"total": 1, "done": 1, "failed": 0, "pneumonia": positive}
+    assert body["progress"] == {"total": 1, "done": 1, "failed": 0, "rejected": 0,
+                                "pneumonia": positive}
     result = body["images"][0]["result"]
     assert math.isclose(sum(result["probabilities"].values()), 1.0, abs_tol=1e-4)
     assert result["label"] in classes

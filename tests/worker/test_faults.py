@@ -130,6 +130,10 @@ def test_database_outage_during_a_study(
         study_completes_through(api, log, seed=12, stop=pg_proxy.cut, restart=pg_proxy.start,
                                 outage_s=4)
         assert b"Transient error" in log.read_bytes()  # it did hit the outage, and retried
+        # An outage is not a lost worker: the retries re-claimed their images uncounted.
+        from backend.studies.models import Image
+
+        assert not Image.objects.filter(attempts__gt=0).exists()
     finally:
         stop_worker(worker)
         print(log.read_text()[-6000:])  # shown when the test fails

@@ -90,7 +90,7 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
 
     settings.INFERENCE_BATCH_SIZE = 3
     report = inference.run_chunk(runtime, ids)
-    assert (report.done, report.failed, report.skipped) == (6, 1, 0)
+    assert (report.done, report.rejected, report.failed, report.skipped) == (6, 1, 0, 0)
     assert batch_sizes == [3, 2, 1]  # the corrupt image left its batch alone
     assert set(report.stages or {}) == {"claim", "prepare", "forward", "record"}
     pipelined = {r.image_id: (r.label, r.score, r.bbox) for r in Result.objects.all()}
@@ -99,7 +99,8 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
 
     # The same chunk as a single batch gives the same results.
     Result.objects.all().delete()
-    Image.objects.update(status="queued", attempts=0, error="", finished_at=None)
+    Image.objects.update(status="queued", attempts=0, error="", finished_at=None, width=None,
+                         working_file="")
     batch_sizes.clear()
     settings.INFERENCE_BATCH_SIZE = 100
     inference.run_chunk(runtime, ids)
@@ -138,7 +139,7 @@ def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
 
     monkeypatch.setattr(inference, "levels_png", storage_goes_down)
     with pytest.raises(ConnectionError):
-        inference.run_chunk(runtime, ids)
+        inference.run_chunk(runtime, ids, token="task:0")
     first = list(Result.objects.select_related("image"))
     assert len(first) == 2
     assert all(r.heatmap and default_storage.exists(r.heatmap.name) for r in first)
@@ -148,8 +149,10 @@ def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
     assert sorted(default_storage.listdir(folder)[1]) == sorted(
         r.heatmap.name.rsplit("/", 1)[1] for r in first)  # the second batch's file went
     monkeypatch.undo()
-    retry = inference.run_chunk(runtime, ids)
+    # The task's retry re-claims what its previous try held: no lost worker, no attempt.
+    retry = inference.run_chunk(runtime, ids, token="task:1", previous_token="task:0")
     assert (retry.done, retry.skipped) == (3, 2)  # only the rest is classified again
+    assert set(Image.objects.values_list("attempts", flat=True)) == {0}
     assert Result.objects.count() == 5
     assert set(Image.objects.values_list("status", flat=True)) == {"done"}
 
@@ -208,12 +211,14 @@ def test_late_duplicate_result_is_dropped(runtime: Any, api: Any, sent: list[dic
     ids = [i for call in sent for i in call["args"][0]]
     models = runtime.models()
     claim = services.chunk_claim(image_ids=ids, max_attempts=5)
-    prepared = [inference._prepare(im, models) for im in claim.images]
+    prepared = [inference._prepare(im, runtime, models) for im in claim.images]
     preds = models.forward(models.binary,
                            __import__("torch").stack([p.binary_x for p in prepared]), True)
     late = [inference._render(p, q, inference.heatmap_levels(q.heatmap[None])[0], models)
             for p, q in zip(prepared, preds, strict=True)]
-    inference.run_chunk(runtime, ids)  # the other delivery finishes first
+    # The other delivery finishes first (it claims them as a fresh delivery would).
+    Image.objects.filter(id__in=ids).update(status="queued")
+    inference.run_chunk(runtime, ids)
     first = {r.image_id: r.heatmap.name for r in Result.objects.all()}
     late_files = [r.heatmap for r in late]
     assert all(late_files)
@@ -225,7 +230,7 @@ def test_late_duplicate_result_is_dropped(runtime: Any, api: Any, sent: list[dic
     assert set(Image.objects.values_list("status", flat=True)) == {"done"}
 
 
-def test_corrupt_image_fails_alone_with_a_reason(
+def test_corrupt_image_is_rejected_alone_with_a_reason(
     runtime: Any, api: Any, sent: list[dict]
 ) -> None:
     from backend.studies.models import Image
@@ -236,10 +241,10 @@ def test_corrupt_image_fails_alone_with_a_reason(
     with broken.file.storage.open(broken.file.name, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # truncated after upload
     report = run_chunk(runtime, [i for call in sent for i in call["args"][0]])
-    assert (report.done, report.failed) == (2, 1)
+    assert (report.done, report.rejected, report.failed) == (2, 1, 0)
     broken.refresh_from_db()
-    assert broken.status == "failed"
-    assert broken.error.startswith("Could not read the image:")
+    assert broken.status == "rejected"  # refused by its content, with the decoder's reason
+    assert broken.error.startswith("Could not read the image: corrupt or truncated PNG")
     assert study_state(study["id"])["status"] == "done_with_errors"
 
 
@@ -252,8 +257,23 @@ def _dicom_study(api: Any) -> tuple[dict, Any]:
         pytest.skip(f"DICOM test file not found: {path}")
     study = upload_files(api, [(path.name, path.read_bytes())])
     image = Image.objects.get(study_id=study["id"])
-    assert image.working_file  # made at upload
+    assert not image.working_file and image.width is None  # the upload decodes nothing
     return study, image
+
+
+def _decoded_once(runtime: Any, study: dict) -> Any:
+    """Classify the study once (its first decode stores the working copy), then put its
+    image back in the queue as a retry would."""
+    from backend.studies.models import Image, Result
+    from worker.inference import run_chunk
+
+    image = Image.objects.get(study_id=study["id"])
+    assert run_chunk(runtime, [str(image.id)]).done == 1
+    image.refresh_from_db()
+    assert image.working_file and image.width == 1841  # from the one decode
+    Result.objects.filter(image=image).delete()
+    Image.objects.filter(id=image.id).update(status="queued")
+    return image
 
 
 def test_dicom_is_read_from_its_working_copy(
@@ -262,6 +282,7 @@ def test_dicom_is_read_from_its_working_copy(
     from worker.inference import run_chunk
 
     study, image = _dicom_study(api)
+    image = _decoded_once(runtime, study)
     image.file.storage.delete(image.file.name)  # only the working copy can answer now
     report = run_chunk(runtime, [str(image.id)])
     assert (report.done, report.failed) == (1, 0)
@@ -273,7 +294,8 @@ def test_unreadable_working_copy_falls_back_to_the_original(
 ) -> None:
     from worker.inference import run_chunk
 
-    _, image = _dicom_study(api)
+    study, image = _dicom_study(api)
+    image = _decoded_once(runtime, study)
     with image.working_file.storage.open(image.working_file.name, "wb") as fh:
         fh.write(b"\xff\xd8\xff" + b"\x00" * 32)  # a truncated JPEG
     assert run_chunk(runtime, [str(image.id)]).done == 1
@@ -293,9 +315,10 @@ def test_preparing_claimed_images_makes_no_database_query(
     models = runtime.models()
     claim = services.chunk_claim(image_ids=ids, max_attempts=5)
     assert len(claim.images) == 3
+    runtime.decode_sandbox(models)  # its children started: not part of what is measured
     with django_assert_num_queries(0):
-        prepared = [inference._prepare(image, models) for image in claim.images]
-    assert not any(isinstance(p, str) for p in prepared)
+        prepared = [inference._prepare(image, runtime, models) for image in claim.images]
+    assert all(isinstance(p, inference._Prepared) for p in prepared)
 
 
 def test_model_larger_than_the_working_copy_reads_the_original(
@@ -303,7 +326,8 @@ def test_model_larger_than_the_working_copy_reads_the_original(
 ) -> None:
     from worker import inference
 
-    _, image = _dicom_study(api)
+    study, image = _dicom_study(api)
+    image = _decoded_once(runtime, study)
     monkeypatch.setattr(inference, "WORKING_COPY_SIDE", 32)  # below the model's 64 px input
     image.file.storage.delete(image.file.name)
     assert inference.run_chunk(runtime, [str(image.id)]).failed == 1
@@ -320,11 +344,35 @@ def test_image_claimed_too_often_is_failed_not_looped(
     settings.INFERENCE_MAX_ATTEMPTS = 3
     study = upload_files(api, small_pngs(2))
     poison = Image.objects.filter(study_id=study["id"]).first()
-    Image.objects.filter(id=poison.id).update(status="processing", attempts=3)
-    report = run_chunk(runtime, [i for call in sent for i in call["args"][0]])
+    # Lost twice before, and still `processing` under another task: a third loss.
+    Image.objects.filter(id=poison.id).update(status="processing", attempts=2,
+                                              claimed_by="dead-task:0")
+    report = run_chunk(runtime, [i for call in sent for i in call["args"][0]],
+                       token="task:0")
     assert (report.done, report.failed) == (1, 1)
     poison.refresh_from_db()
     assert poison.status == "failed" and "Gave up after 3 attempts" in poison.error
+
+
+def test_an_image_lost_before_is_sent_again_alone_and_its_neighbours_processed(
+    runtime: Any, api: Any, sent: list[dict]
+) -> None:
+    from backend.studies.models import Image
+    from worker.inference import run_chunk
+
+    study = upload_files(api, small_pngs(4))
+    ids = [i for call in sent for i in call["args"][0]]
+    sent.clear()
+    suspect = Image.objects.filter(study_id=study["id"]).first()
+    # Its worker died holding it (the message came back: same try, image still processing).
+    Image.objects.filter(id=suspect.id).update(status="processing", claimed_by="task:0")
+    report = run_chunk(runtime, ids, token="task:0")
+    assert (report.done, report.failed, report.skipped) == (3, 0, 0)
+    suspect.refresh_from_db()
+    assert suspect.status == "queued" and suspect.attempts == 1
+    assert [call["args"][0] for call in sent] == [[str(suspect.id)]]  # a chunk of its own
+    alone = run_chunk(runtime, [str(suspect.id)], token="task2:0")
+    assert alone.done == 1
 
 
 def test_sweep_requeues_stuck_images_at_study_priority(
@@ -347,9 +395,10 @@ def test_sweep_requeues_stuck_images_at_study_priority(
     assert (outcome.stuck_processing, outcome.lost_queued) == (1, 0)
     assert [c["args"][0] for c in sent] == [[str(images[0].id)]]
     assert sent[0]["queue"] == "inference" and sent[0]["priority"] == 0
-    assert Image.objects.get(id=images[0].id).status == "queued"
+    requeued = Image.objects.get(id=images[0].id)
+    assert requeued.status == "queued" and requeued.attempts == 1  # a lost worker counts
     # Queued images whose message was lost: requeued only when the queue is empty.
-    Image.objects.filter(study_id=study["id"]).update(created_at=old)
+    Image.objects.filter(study_id=study["id"]).update(created_at=old, sent_at=old)
     sent.clear()
     outcome = services.images_requeue_stuck(processing_deadline_s=600, queued_deadline_s=60,
                                             inference_queue_empty=False)
@@ -370,7 +419,7 @@ def test_task_soft_time_limit_ends_in_recorded_failure(
     study = upload_files(api, small_pngs(2))
     ids = [i for call in sent for i in call["args"][0]]
 
-    def slow(_runtime: Any, image_ids: list[str]) -> None:
+    def slow(_runtime: Any, image_ids: list[str], **tokens: str) -> None:
         raise SoftTimeLimitExceeded()
 
     monkeypatch.setattr(inference, "run_chunk", slow)
@@ -432,7 +481,7 @@ def test_task_retries_transient_errors_then_records_failure(
     upload_files(api, small_pngs(2))
     ids = [i for call in sent for i in call["args"][0]]
 
-    def down(_runtime: Any, image_ids: list[str]) -> None:
+    def down(_runtime: Any, image_ids: list[str], **tokens: str) -> None:
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(inference, "run_chunk", down)
@@ -503,7 +552,9 @@ def test_recorder_reconnects_after_its_connection_broke(
     upload_files(api, small_pngs(3, seed=1))
     second = [i for call in sent for i in call["args"][0]]
     with pytest.raises((InterfaceError, OperationalError)):
-        inference.run_chunk(runtime, second)
+        inference.run_chunk(runtime, second, token="task:0")
     assert Result.objects.count() == 2
-    assert inference.run_chunk(runtime, second).done == 3  # what the task's retry does
+    # What the task's retry does: it re-claims its previous try's images.
+    assert inference.run_chunk(runtime, second, token="task:1",
+                               previous_token="task:0").done == 3
     assert Result.objects.count() == 5

@@ -45,7 +45,10 @@ def test_metrics_follow_the_work(
     run_chunk(runtime, ids)
     after = scrape(client)
     assert after["pneumoscan_images_processed_total"][()] == 4
-    assert after["pneumoscan_image_failures_total"][()] == 1
+    # The unreadable file is refused by its content: a rejection, not an operational failure.
+    assert after["pneumoscan_image_failures_total"][()] == 0
+    assert after["pneumoscan_image_rejections_total"][()] == 1
+    assert after["pneumoscan_images"][(("status", "rejected"),)] == 1
     assert after["pneumoscan_inference_seconds_count"][()] == 4
     assert after["pneumoscan_inference_seconds_bucket"][(("le", "+Inf"),)] == 4
     assert after["pneumoscan_inference_seconds_sum"][()] > 0

@@ -55,12 +55,9 @@ MODEL_CHECKPOINT_ETIOLOGY: str = env.str(
 )
 MAX_UPLOAD_FILE_BYTES: int = env.int("MAX_UPLOAD_FILE_BYTES", default=64 * 1024 * 1024)
 MAX_FILES_PER_STUDY: int = env.int("MAX_FILES_PER_STUDY", default=1000)
-# Store a small model-ready copy of DICOM and large uploads, decoded once at upload, so that
-# workers do not decode the original again (docs/benchmarks.md: full-size radiographs).
+# Store a small model-ready copy of DICOM and large uploads, made by the worker's first decode,
+# so that a retry or a preview does not decode the original again.
 WORKING_COPIES: bool = env.bool("WORKING_COPIES", default=True)
-# Files an upload decodes at once (0 = one per core, at most 4): decoding is what an upload of
-# compressed DICOMs spends its time on (100-700 ms each), and the decoders release the GIL.
-UPLOAD_DECODE_THREADS: int = env.int("UPLOAD_DECODE_THREADS", default=0)
 # One upload request as a whole (checked from Content-Length before the body is read).
 MAX_UPLOAD_REQUEST_BYTES: int = env.int("MAX_UPLOAD_REQUEST_BYTES", default=4 * 1024**3)
 # ZIP archives in an upload: caps on what one archive may expand to (see docs/api.md).
@@ -284,7 +281,18 @@ STUCK_IMAGE_DEADLINE_S: int = env.int(
 # the sweep after this long, but only while the inference queue is empty.
 QUEUED_IMAGE_DEADLINE_S: int = env.int("QUEUED_IMAGE_DEADLINE_S", default=900)
 # An image claimed this many times without a result (its worker died each time) is failed.
-INFERENCE_MAX_ATTEMPTS: int = env.int("INFERENCE_MAX_ATTEMPTS", default=5)
+INFERENCE_MAX_ATTEMPTS: int = env.int("INFERENCE_MAX_ATTEMPTS", default=3)
+# Untrusted decoding (ml/sandbox.py): child processes of each inference pool process, each
+# with an address-space limit and a time limit per file.
+DECODE_PROCESSES: int = env.int("DECODE_PROCESSES", default=0)  # 0: INFERENCE_IO_THREADS
+DECODE_MEMORY_LIMIT_MB: int = env.int("DECODE_MEMORY_LIMIT_MB", default=1536)
+DECODE_TIME_LIMIT_S: float = env.float("DECODE_TIME_LIMIT_S", default=60.0)
+# The sweep: queued images without a message for this long are sent (the broker was down);
+# studies left receiving parts this long are closed; unfinished studies whose images are all
+# finished this long are recomputed.
+UNSENT_GRACE_S: float = env.float("UNSENT_GRACE_S", default=20.0)
+UPLOAD_OPEN_TIMEOUT_S: float = env.float("UPLOAD_OPEN_TIMEOUT_S", default=3600.0)
+RECONCILE_AFTER_S: float = env.float("RECONCILE_AFTER_S", default=60.0)
 # Threads that read, decode and preprocess a chunk, and encode its heatmaps (0 = CPU count:
 # more only help when reads wait on the network, e.g. S3; on a CPU worker they steal time
 # from the forward pass, docs/benchmarks.md).

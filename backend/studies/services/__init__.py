@@ -1,6 +1,7 @@
 """Writes for studies, images and results, by concern:
 
-- `uploads`: upload ingestion (decode, check, store) and `study_create`;
+- `uploads`: upload ingestion (check without decoding, store), `study_create`, and uploads in
+  parts (`study_append`, `study_close`);
 - `lifecycle`: study status, cancel and retry, sending images and webhooks to the workers;
 - `processing`: what the inference workers write (claims, results as plain records, failures,
   the sweep).
@@ -13,8 +14,11 @@ from .lifecycle import (
     StudyStateError,
     derive_study_status,
     images_send,
+    images_send_alone,
     study_cancel,
+    study_close,
     study_enqueue,
+    study_enqueue_safely,
     study_refresh_status,
     study_retry,
     webhook_enqueue,
@@ -22,6 +26,7 @@ from .lifecycle import (
 from .processing import (
     ClaimedChunk,
     ClaimedImage,
+    DecodeRecord,
     ResultRecord,
     SweepOutcome,
     chunk_claim,
@@ -30,13 +35,17 @@ from .processing import (
     images_fail_many,
     images_requeue_stuck,
     results_record_many,
+    studies_reconcile,
+    working_copy_save,
 )
-from .uploads import StoredFiles, StudyCreateOutcome, study_create
+from .uploads import StudyCreateOutcome, study_append, study_create
 
 __all__ = [
-    "FINISHED_STATUSES", "ClaimedChunk", "ClaimedImage", "ResultRecord", "StoredFiles",
+    "FINISHED_STATUSES", "ClaimedChunk", "ClaimedImage", "DecodeRecord", "ResultRecord",
     "StudyCreateOutcome", "StudyStateError", "SweepOutcome", "chunk_claim",
     "derive_study_status", "heatmap_save", "heatmaps_delete", "images_fail_many",
-    "images_requeue_stuck", "images_send", "results_record_many", "study_cancel",
-    "study_create", "study_enqueue", "study_refresh_status", "study_retry", "webhook_enqueue",
+    "images_requeue_stuck", "images_send", "images_send_alone", "results_record_many",
+    "studies_reconcile", "study_append", "study_cancel", "study_close", "study_create",
+    "study_enqueue", "study_enqueue_safely", "study_refresh_status", "study_retry",
+    "webhook_enqueue", "working_copy_save",
 ]

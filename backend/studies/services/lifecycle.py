@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -50,12 +51,20 @@ def study_retry(*, study_id: UUID) -> int:
         failed = study.images.filter(status=Image.Status.FAILED)
         # A user's retry gets a fresh attempts budget (the worker gives up after N claims).
         retried = failed.update(status=Image.Status.QUEUED, error="", started_at=None,
-                                finished_at=None, attempts=0)
+                                finished_at=None, attempts=0, sent_at=None, claimed_by="")
         if not retried:
             raise StudyStateError("This study has no failed images to retry.")
-        transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+        transaction.on_commit(lambda: study_enqueue_safely(study_id=study_id), robust=True)
     study_refresh_status(study_id=study_id)
     return retried
+
+
+def study_close(*, study_id: UUID) -> int:
+    """No more parts: the study finishes once its images do. Returns its number of images."""
+    Study.objects.filter(id=study_id, receiving=True).update(receiving=False,
+                                                              updated_at=timezone.now())
+    study = study_refresh_status(study_id=study_id)
+    return study.images.count()
 
 
 def webhook_enqueue(*, study_id: UUID) -> None:
@@ -67,24 +76,43 @@ def webhook_enqueue(*, study_id: UUID) -> None:
 
 
 def study_enqueue(*, study_id: UUID) -> int:
-    """Send the study's queued images to the inference queue in chunks; returns tasks sent."""
-    study = Study.objects.get(id=study_id)
-    ids = [
-        str(pk) for pk in study.images.filter(status=Image.Status.QUEUED)
-        .order_by("created_at").values_list("id", flat=True)
-    ]
-    return dispatch.inference_send(image_ids=ids,
-                                   priority=dispatch.queue_priority(study.priority))
+    """Send the study's queued images that have no message yet; returns tasks sent."""
+    ids = list(Image.objects.filter(study_id=study_id, status=Image.Status.QUEUED,
+                                    sent_at__isnull=True)
+               .order_by("created_at").values_list("id", flat=True))
+    return images_send(image_ids=ids)
 
 
-def derive_study_status(counts: dict[str, int], total: int) -> str:
-    """A study's status follows from the statuses of its images."""
+def study_enqueue_safely(*, study_id: UUID) -> int:
+    """`study_enqueue` after a commit: a broker outage must not fail the request.
+
+    The images stay `queued` without a message (`sent_at` NULL): the sweep sends them once
+    the broker is back (the outbox), and nothing stored is lost.
+    """
+    try:
+        return study_enqueue(study_id=study_id)
+    except Exception as exc:
+        logger.warning("Could not queue the images of study %s (%r); the sweep will send "
+                       "them once the broker is back", study_id, exc)
+        return 0
+
+
+def derive_study_status(counts: dict[str, int], total: int, *, receiving: bool = False) -> str:
+    """A study's status follows from the statuses of its images.
+
+    Images rejected by their content count as errors next to the others (`done_with_errors`),
+    or make the study `failed` when none was classified. A study still receiving parts never
+    finishes: it is `processing` once anything started (`queued` before).
+    """
     unfinished = counts.get("queued", 0) + counts.get("processing", 0)
-    if unfinished:
-        return Study.Status.QUEUED if counts.get("queued", 0) == total else Study.Status.PROCESSING
+    if unfinished or receiving:
+        if counts.get("queued", 0) == total:
+            return Study.Status.QUEUED
+        return Study.Status.PROCESSING
     if counts.get("cancelled", 0):
         return Study.Status.CANCELLED
-    if not counts.get("failed", 0):
+    errors = counts.get("failed", 0) + counts.get("rejected", 0)
+    if not errors:
         return Study.Status.DONE
     if not counts.get("done", 0):
         return Study.Status.FAILED
@@ -99,7 +127,7 @@ def study_refresh_status(*, study_id: UUID) -> Study:
             **{s: Count("id", filter=Q(status=s)) for s in Image.Status.values},
         )
         total = agg.pop("total")
-        status = derive_study_status(agg, total)
+        status = derive_study_status(agg, total, receiving=study.receiving)
         if status != study.status:
             study.status = status
             finished = status in FINISHED_STATUSES
@@ -113,11 +141,31 @@ def study_refresh_status(*, study_id: UUID) -> Study:
 
 
 def images_send(*, image_ids: Sequence[str | UUID]) -> int:
-    """Send images (of any studies) to the inference queue in chunks, at their study's priority."""
+    """Send images (of any studies) to the inference queue in chunks, at their study's
+    priority, and mark each chunk sent (`sent_at`) once the broker has it.
+
+    The first chunk the broker refuses stops the sending and raises: the images not sent keep
+    `sent_at` NULL, so the sweep sends them later.
+    """
     by_priority: dict[int, list[str]] = {}
     rows = (Image.objects.filter(id__in=image_ids).order_by("study_id", "created_at")
             .values_list("id", "study__priority"))
     for pk, study_priority in rows:
         by_priority.setdefault(dispatch.queue_priority(study_priority), []).append(str(pk))
-    return sum(dispatch.inference_send(image_ids=ids, priority=priority)
-               for priority, ids in sorted(by_priority.items()))
+    sent = 0
+    for priority, ids in sorted(by_priority.items()):
+        for chunk in dispatch.chunk_split(ids, max_size=settings.INFERENCE_CHUNK_SIZE):
+            sent += dispatch.inference_send(image_ids=chunk, priority=priority)
+            Image.objects.filter(id__in=chunk).update(sent_at=timezone.now())
+    return sent
+
+
+def images_send_alone(*, image_ids: Sequence[str | UUID]) -> int:
+    """Send each image in a chunk of its own (images a worker was lost on before)."""
+    sent = 0
+    rows = Image.objects.filter(id__in=image_ids).values_list("id", "study__priority")
+    for pk, study_priority in rows:
+        sent += dispatch.inference_send(image_ids=[str(pk)],
+                                        priority=dispatch.queue_priority(study_priority))
+        Image.objects.filter(id=pk).update(sent_at=timezone.now())
+    return sent

@@ -1,12 +1,16 @@
-"""Upload ingestion: each uploaded file (or ZIP member) decoded, checked and stored, then one
-new study with its images, queued for inference once the transaction commits."""
+"""Upload ingestion: each uploaded file (or ZIP member) checked without decoding and stored,
+then one study with its images, queued for the workers once the transaction commits.
+
+Nothing is decoded here: the worker that classifies an image decodes it once, in its sandbox
+(ml/sandbox.py), and a file refused by its content then gets the status `rejected`. A study
+may be uploaded in parts: created `receiving`, appended to, then closed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from uuid import UUID
 
@@ -15,13 +19,14 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.utils import timezone
 
 from backend.accounts.models import User
-from backend.config.sizing import upload_decode_threads
 
-from ..ingest import InspectedFile, Rejection, ZipLimits, expand_zip, inspect_file, is_zip
-from ..models import Image, Study, image_storage_name, working_copy_storage_name
+from ..ingest import Rejection, ScreenedFile, ZipLimits, expand_zip, is_zip, screen_file
+from ..models import Image, Study, image_storage_name
 from . import lifecycle
+from .lifecycle import StudyStateError
 
 
 @dataclass
@@ -62,67 +67,22 @@ def _candidates(uploads: Iterable[UploadedFile]) -> Iterator[tuple[str, bytes] |
         yield name, upload.read(limit + 1)
 
 
-@dataclass
-class StoredFiles:
-    """Storage names of one accepted upload: the original and its working copy, if any."""
+def _store_screened(
+    uploads: Iterable[UploadedFile], *, study_id: UUID, seen: set[str], room: int,
+    stored: list[str],
+) -> tuple[list[tuple[ScreenedFile, str]], list[Rejection]]:
+    """Screen every candidate (no decoding) and store each one that passes, one at a time.
 
-    original: str
-    working: str = ""
-
-    def delete(self) -> None:
-        for name in (self.original, self.working):
-            if name:
-                default_storage.delete(name)
-
-
-def _inspected(
-    candidates: Iterable[tuple[str, bytes] | Rejection],
-) -> Iterator[InspectedFile | Rejection]:
-    """Each candidate inspected (decoded and checked), in order, several files at a time.
-
-    Decoding is the cost of an upload (a compressed DICOM: 100-700 ms) and the decoders
-    release the GIL, so UPLOAD_DECODE_THREADS files are decoded at once; at most twice that
-    many are held in memory.
+    `seen` holds the SHA-256 of the files already in the study; `room` is how many more it
+    may hold. Every stored name is appended to `stored` at once, so the caller can remove
+    them if their rows are never committed.
     """
-    threads = upload_decode_threads(settings.UPLOAD_DECODE_THREADS)
-
-    def inspect(name: str, data: bytes) -> InspectedFile | Rejection:
-        return inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
-                            working_copies=settings.WORKING_COPIES)
-
-    window: deque[Future[InspectedFile | Rejection] | Rejection] = deque()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="upload-decode") as pool:
-        try:
-            for candidate in candidates:
-                window.append(candidate if isinstance(candidate, Rejection)
-                              else pool.submit(inspect, *candidate))
-                while len(window) > 2 * threads:
-                    yield _outcome(window.popleft())
-            while window:
-                yield _outcome(window.popleft())
-        finally:
-            for pending in window:  # the request failed: do not decode the rest
-                if isinstance(pending, Future):
-                    pending.cancel()
-
-
-def _outcome(item: Future[InspectedFile | Rejection] | Rejection) -> InspectedFile | Rejection:
-    return item if isinstance(item, Rejection) else item.result()
-
-
-def _inspect_and_store(
-    uploads: Iterable[UploadedFile], *, study_id: UUID, stored: list[StoredFiles]
-) -> tuple[list[tuple[InspectedFile, StoredFiles]], list[Rejection]]:
-    """Decode every candidate and store each valid one at once, so memory holds one file.
-
-    Every file written is appended to `stored` at once, so the caller can remove them all if
-    a later one fails.
-    """
-    accepted: list[tuple[InspectedFile, StoredFiles]] = []
+    accepted: list[tuple[ScreenedFile, str]] = []
     rejected: list[Rejection] = []
-    seen: set[str] = set()
-    for outcome in _inspected(_candidates(uploads)):
-        if not isinstance(outcome, Rejection) and len(accepted) >= settings.MAX_FILES_PER_STUDY:
+    for candidate in _candidates(uploads):
+        outcome = (candidate if isinstance(candidate, Rejection)
+                   else screen_file(*candidate, max_bytes=settings.MAX_UPLOAD_FILE_BYTES))
+        if not isinstance(outcome, Rejection) and len(accepted) >= room:
             outcome = Rejection(outcome.name, "A study holds at most "
                                               f"{settings.MAX_FILES_PER_STUDY} files.")
         if isinstance(outcome, Rejection):
@@ -132,19 +92,25 @@ def _inspect_and_store(
                                                     "(same SHA-256)."))
         else:
             seen.add(outcome.sha256)
-            files = StoredFiles(original=default_storage.save(
-                image_storage_name(study_id), ContentFile(outcome.data)))
-            stored.append(files)
-            if outcome.working_copy:
-                files.working = default_storage.save(
-                    working_copy_storage_name(study_id), ContentFile(outcome.working_copy))
-            accepted.append((_without_data(outcome), files))
+            name = default_storage.save(image_storage_name(study_id), ContentFile(outcome.data))
+            stored.append(name)
+            accepted.append((replace(outcome, data=b""), name))  # the bytes can be freed
     return accepted, rejected
 
 
-def _without_data(item: InspectedFile) -> InspectedFile:
-    """The inspection minus the file bytes (already stored), so they can be freed."""
-    return replace(item, data=b"", working_copy=b"", size=len(item.data))
+def _image_rows(study: Study, accepted: list[tuple[ScreenedFile, str]]) -> list[Image]:
+    return Image.objects.bulk_create([
+        Image(study=study, file=name, original_name=item.name[:500], sha256=item.sha256,
+              size_bytes=item.size, format=item.format)
+        for item, name in accepted
+    ])
+
+
+def _delete_uncommitted(stored: list[str]) -> None:
+    """Remove the files of rows that were never committed (the request failed before)."""
+    for name in stored:
+        with contextlib.suppress(Exception):  # best effort; the orphan sweep catches the rest
+            default_storage.delete(name)
 
 
 def study_create(
@@ -154,10 +120,14 @@ def study_create(
     name: str = "",
     accession_number: str = "",
     priority: str = Study.Priority.ROUTINE,
+    receiving: bool = False,
 ) -> StudyCreateOutcome:
-    """Store the valid files of an upload as a new study and queue them for inference.
+    """Store the files of an upload as a new study and queue them for the workers.
 
-    Invalid files are reported and never prevent their valid neighbours from being stored.
+    Files are checked by size, leading bytes and duplicates, stored, and decoded later by the
+    worker that classifies them. Invalid files never prevent their neighbours from being
+    stored. With `receiving`, the study stays open for more parts (`study_append`) until
+    `study_close`, and may start empty.
     """
     if len(uploads) > settings.MAX_FILES_PER_STUDY:
         return StudyCreateOutcome(
@@ -166,29 +136,54 @@ def study_create(
                                      f"files; {len(uploads)} were sent.")],
         )
     study_id = uuid.uuid4()
-    stored: list[StoredFiles] = []
+    stored: list[str] = []
+    committed = False
     try:
-        inspected, rejected = _inspect_and_store(uploads, study_id=study_id, stored=stored)
-        if not inspected:
+        accepted, rejected = _store_screened(uploads, study_id=study_id, seen=set(),
+                                             room=settings.MAX_FILES_PER_STUDY, stored=stored)
+        if not accepted and not receiving:
             return StudyCreateOutcome(study=None, rejected=rejected)
         with transaction.atomic():
             study = Study.objects.create(
                 id=study_id, hospital=user.hospital, created_by=user, name=name,
-                accession_number=accession_number, priority=priority,
+                accession_number=accession_number, priority=priority, receiving=receiving,
             )
-            images = Image.objects.bulk_create([
-                Image(
-                    study=study, file=files.original, working_file=files.working,
-                    original_name=item.name[:500], sha256=item.sha256,
-                    size_bytes=item.size, format=item.format,
-                    width=item.width, height=item.height, flags=item.flags, notes=item.notes,
-                    **item.fields,
-                )
-                for item, files in inspected
-            ])
-            transaction.on_commit(lambda: lifecycle.study_enqueue(study_id=study_id))
-    except BaseException:
-        for files in stored:
-            files.delete()
-        raise
+            images = _image_rows(study, accepted)
+            transaction.on_commit(lambda: lifecycle.study_enqueue_safely(study_id=study_id),
+                                  robust=True)
+        committed = True
+    finally:
+        # Files are deleted only when their rows were never committed: once committed, an
+        # error in what follows (e.g. the broker is down) must never lose an accepted file.
+        if not committed:
+            _delete_uncommitted(stored)
+    return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
+
+
+def study_append(*, study_id: UUID, uploads: Sequence[UploadedFile]) -> StudyCreateOutcome:
+    """Add one more part of files to a study that is still receiving (an upload in parts)."""
+    study = Study.objects.get(id=study_id)
+    if not study.receiving:
+        raise StudyStateError("This study is closed: create a study with receiving=true to "
+                              "upload it in several parts.")
+    existing = list(study.images.values_list("sha256", flat=True))
+    room = max(0, settings.MAX_FILES_PER_STUDY - len(existing))
+    stored: list[str] = []
+    committed = False
+    try:
+        accepted, rejected = _store_screened(uploads, study_id=study_id, seen=set(existing),
+                                             room=room, stored=stored)
+        with transaction.atomic():
+            study = Study.objects.select_for_update().get(id=study_id)
+            if not study.receiving:  # closed while this part was being stored
+                raise StudyStateError("This study was closed while the part was uploading.")
+            images = _image_rows(study, accepted)
+            Study.objects.filter(id=study_id).update(updated_at=timezone.now())
+            transaction.on_commit(lambda: lifecycle.study_enqueue_safely(study_id=study_id),
+                                  robust=True)
+        committed = True
+    finally:
+        if not committed:
+            _delete_uncommitted(stored)
+    lifecycle.study_refresh_status(study_id=study_id)
     return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)

@@ -94,6 +94,8 @@ export const urls = {
   studies: (query = "") => `/api/studies/${query ? `?${query}` : ""}`,
   study: (id) => `/api/studies/${encodeURIComponent(id)}/`,
   studyImages: (id) => `/api/studies/${encodeURIComponent(id)}/images/`,
+  studyFiles: (id) => `/api/studies/${encodeURIComponent(id)}/files/`,
+  close: (id) => `/api/studies/${encodeURIComponent(id)}/close/`,
   cancel: (id) => `/api/studies/${encodeURIComponent(id)}/cancel/`,
   retry: (id) => `/api/studies/${encodeURIComponent(id)}/retry/`,
   exportCsv: (id) => `/api/studies/${encodeURIComponent(id)}/export.csv`,

@@ -17,6 +17,7 @@ const IMAGE_STATUS = {
   processing: "Analysing",
   done: "Done",
   failed: "Failed",
+  rejected: "Rejected",
   cancelled: "Cancelled",
 };
 
@@ -102,9 +103,10 @@ export function studyTitle(study) {
 
 export function studyProgress(study) {
   const p = {
-    total: 0, done: 0, failed: 0, pneumonia: 0, out_of_scope: 0, not_analysed: 0, ...(study.progress || {}),
+    total: 0, done: 0, failed: 0, rejected: 0, pneumonia: 0, out_of_scope: 0, not_analysed: 0,
+    ...(study.progress || {}),
   };
-  const finished = p.done + p.failed;
+  const finished = p.done + p.failed + p.rejected;
   const fraction = p.total ? finished / p.total : ACTIVE_STATUSES.has(study.status) ? 0 : 1;
   return {
     ...p,

@@ -26,6 +26,9 @@ export function findingsCell(progress) {
       : null,
     progress.failed
       ? h("span", { class: "count count-failed", title: "Failed" }, h("b", {}, String(progress.failed)), " failed")
+      : null,
+    progress.rejected
+      ? h("span", { class: "count count-failed", title: "Rejected by their content" }, h("b", {}, String(progress.rejected)), " rejected")
       : null);
 }
 

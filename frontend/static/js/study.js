@@ -44,7 +44,8 @@ function uploadReport(studyId) {
       dismiss),
     h("p", {}, rejected.length
       ? `${accepted}, ${rejected.length} rejected. The rejected files were not stored:`
-      : `${accepted}. Every file was readable.`),
+      : `${accepted}. The images are checked as they are analysed; any that cannot be read are marked rejected below.`),
+    report.error ? h("p", { class: "form-error", role: "alert" }, `Part of the upload failed: ${report.error}`) : null,
     rejected.length
       ? h("ul", { class: "rejections", id: "rejections", role: "alert" },
         rejected.map((r) => h("li", {},
@@ -138,6 +139,7 @@ export function studyView(main, { studyId, imageId, navigate }) {
       count("Normal", p.normal, "normal"),
       p.out_of_scope ? count("Out of scope", p.out_of_scope, "out-of-scope") : null,
       count("Failed", p.failed, "failed"),
+      count("Rejected", p.rejected, "failed"),
       count("Pending", ACTIVE_STATUSES.has(study.status) ? p.pending : 0, "pending"));
     const active = ACTIVE_STATUSES.has(study.status);
     cancelBtn.hidden = !active;

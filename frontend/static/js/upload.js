@@ -1,6 +1,7 @@
 // The upload page: pick or drop files, folders or a ZIP, upload them as one study with
-// per-file progress, then open the new study with the server's rejections listed.
-import { ApiError, postWithProgress, urls } from "./api.js";
+// per-file progress (a large folder in several requests, each retried on failure), then open
+// the new study with the server's rejections listed.
+import { ApiError, api, postWithProgress, urls } from "./api.js";
 import { formatBytes, h, nextId, progressBar, setChildren, svgIcon } from "./dom.js";
 
 const isZip = (file) => /\.zip$/i.test(file.name) || /zip/.test(file.type);
@@ -12,6 +13,31 @@ function skippedName(path) {
 }
 
 export const REPORT_KEY = (studyId) => `pneumoscan:upload-report:${studyId}`;
+
+// A large folder goes in parts: each request stays short (a failed one is retried alone) and
+// the server stores each part as it arrives. One progress bar covers them all.
+export const PART_MAX_FILES = 100;
+export const PART_MAX_BYTES = 64 * 1024 * 1024;
+const PART_RETRIES = 3;
+
+/** Entries grouped into parts of at most PART_MAX_FILES files and PART_MAX_BYTES bytes. */
+export function splitParts(list, { maxFiles = PART_MAX_FILES, maxBytes = PART_MAX_BYTES } = {}) {
+  const parts = [];
+  let current = [];
+  let bytes = 0;
+  for (const entry of list) {
+    const size = entry.file.size;
+    if (current.length && (current.length >= maxFiles || bytes + size > maxBytes)) {
+      parts.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(entry);
+    bytes += size;
+  }
+  if (current.length) parts.push(current);
+  return parts;
+}
 
 function readEntries(reader) {
   return new Promise((resolve, reject) => reader.readEntries(resolve, reject));
@@ -224,16 +250,10 @@ export function uploadView(main, { navigate }) {
     event.preventDefault();
     if (!entries.length || uploading) return;
     setChildren(error);
-    const data = new FormData();
-    data.append("name", nameInput.value.trim());
-    data.append("accession_number", accessionInput.value.trim());
-    data.append("priority", priorityInput.value);
-    const offsets = [];
-    let sum = 0;
+    const parts = splitParts(entries);
+    const total = entries.reduce((sum, entry) => sum + entry.file.size, 0) || 1;
+    let sentBefore = 0; // bytes of the parts already answered
     for (const entry of entries) {
-      data.append("files", entry.file, entry.file.name);
-      offsets.push(sum);
-      sum += entry.file.size;
       entry.bar.set(0);
       setStatus(entry, "uploading", "Waiting");
     }
@@ -241,36 +261,102 @@ export function uploadView(main, { navigate }) {
     overall.set(0);
     overallText.textContent = "Starting upload…";
     setBusy(true);
-
-    uploading = postWithProgress(urls.studies(), data, {
-      onProgress(loaded, total) {
-        overall.set(loaded / total);
-        overallText.textContent = `${formatBytes(loaded)} of ${formatBytes(total)} · ${Math.round((100 * loaded) / total)} %`;
-        // Files travel in order in the multipart body: map the bytes sent onto each file.
-        const sent = (loaded / total) * sum;
-        entries.forEach((entry, i) => {
-          const size = entry.file.size || 1;
-          const fraction = Math.max(0, Math.min(1, (sent - offsets[i]) / size));
-          entry.bar.set(fraction);
-          if (entry.state === "uploading") {
-            entry.statusEl.textContent = fraction >= 1 ? "Sent" : fraction > 0 ? `${Math.round(fraction * 100)} %` : "Waiting";
-          }
-        });
-      },
-      onUploaded() {
-        overall.set(1);
-        overallText.textContent = "Upload complete · checking the files on the server…";
-        for (const entry of entries) {
-          entry.bar.set(1);
-          setStatus(entry, "checking", "Checking…");
-        }
-      },
-    });
     refreshSummary();
 
+    const fields = {
+      name: nameInput.value.trim(),
+      accession_number: accessionInput.value.trim(),
+      priority: priorityInput.value,
+    };
+
+    /** One request of the upload (retried on network errors, 429 and 5xx), with progress. */
+    async function sendPart(part, index, url, extra) {
+      const partBytes = part.reduce((sum, entry) => sum + entry.file.size, 0) || 1;
+      const offsets = [];
+      let sum = 0;
+      for (const entry of part) {
+        offsets.push(sum);
+        sum += entry.file.size;
+      }
+      for (let attempt = 0; ; attempt += 1) {
+        const data = new FormData();
+        for (const [key, value] of Object.entries(extra)) data.append(key, value);
+        for (const entry of part) data.append("files", entry.file, entry.file.name);
+        uploading = postWithProgress(url, data, {
+          onProgress(loaded, size) {
+            const sent = sentBefore + (loaded / size) * partBytes;
+            overall.set(sent / total);
+            const label = parts.length > 1 ? ` · part ${index + 1} of ${parts.length}` : "";
+            overallText.textContent = `${formatBytes(sent)} of ${formatBytes(total)} · ${Math.round((100 * sent) / total)} %${label}`;
+            // Files travel in order in the multipart body: map the bytes sent onto each file.
+            const inPart = (loaded / size) * partBytes;
+            part.forEach((entry, i) => {
+              const fraction = Math.max(0, Math.min(1, (inPart - offsets[i]) / (entry.file.size || 1)));
+              entry.bar.set(fraction);
+              if (entry.state === "uploading") {
+                entry.statusEl.textContent = fraction >= 1 ? "Sent" : fraction > 0 ? `${Math.round(fraction * 100)} %` : "Waiting";
+              }
+            });
+          },
+          onUploaded() {
+            for (const entry of part) {
+              entry.bar.set(1);
+              setStatus(entry, "checking", "Checking…");
+            }
+            if (index === parts.length - 1) overallText.textContent = "Upload complete · storing the files on the server…";
+          },
+        });
+        let response = null;
+        let failure = null;
+        try {
+          response = await uploading.promise;
+        } catch (err) {
+          if (err.name === "AbortError") throw err;
+          failure = err;
+        }
+        if (response && response.status !== 429 && response.status < 500) return response;
+        if (attempt >= PART_RETRIES) {
+          throw failure || new ApiError(response.status, response.body);
+        }
+        overallText.textContent = `Part ${index + 1} of ${parts.length} failed; retrying (${attempt + 1} of ${PART_RETRIES})…`;
+        for (const entry of part) setStatus(entry, "uploading", "Retrying");
+        await new Promise((resolve) => setTimeout(resolve, 1000 * 2 ** attempt));
+      }
+    }
+
+    const combined = { study: null, accepted: [], rejected: [] };
     let response;
+    let partError = null;
     try {
-      response = await uploading.promise;
+      if (parts.length === 1) {
+        response = await sendPart(parts[0], 0, urls.studies(), fields);
+        if (response.body) Object.assign(combined, response.body);
+      } else {
+        // A large folder: a study open for more parts, one request per part, then closed.
+        response = await sendPart(parts[0], 0, urls.studies(), { ...fields, receiving: "true" });
+        const body = response.body || {};
+        if (response.status === 201 && body.study) {
+          combined.study = body.study;
+          combined.accepted.push(...(body.accepted || []));
+          combined.rejected.push(...(body.rejected || []));
+          sentBefore += parts[0].reduce((sum, entry) => sum + entry.file.size, 0);
+          for (let i = 1; i < parts.length; i += 1) {
+            try {
+              const next = await sendPart(parts[i], i, urls.studyFiles(body.study.id), {});
+              combined.accepted.push(...((next.body && next.body.accepted) || []));
+              combined.rejected.push(...((next.body && next.body.rejected) || []));
+            } catch (err) {
+              if (err.name === "AbortError") throw err;
+              partError = err;
+              for (const entry of parts.slice(i).flat()) combined.rejected.push({ name: entry.file.name, reason: `Not sent: ${err.message}` });
+              break;
+            }
+            sentBefore += parts[i].reduce((sum, entry) => sum + entry.file.size, 0);
+          }
+          await api(urls.close(body.study.id), { method: "POST" });
+          response = { status: 201, body: combined };
+        }
+      }
     } catch (err) {
       uploading = null;
       setBusy(false);
@@ -289,6 +375,7 @@ export function uploadView(main, { navigate }) {
       const report = {
         accepted: (body.accepted || []).length,
         rejected: body.rejected || [],
+        error: partError ? partError.message : "",
       };
       try {
         sessionStorage.setItem(REPORT_KEY(body.study.id), JSON.stringify(report));

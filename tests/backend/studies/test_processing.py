@@ -41,7 +41,7 @@ def test_zip_of_real_radiographs_is_processed_flagged_exported_and_webhooked(
         }, format="multipart")
         assert response.status_code == 201, response.content
         body = response.json()
-        assert [r["name"] for r in body["rejected"]] == ["batch.zip/exam/broken.dcm"]
+        assert body["rejected"] == []  # the upload decodes nothing: the worker rejects it
         study_id = body["study"]["id"]
 
         def finished() -> dict | None:
@@ -49,14 +49,19 @@ def test_zip_of_real_radiographs_is_processed_flagged_exported_and_webhooked(
             return detail if detail["status"] not in ("queued", "processing") else None
 
         detail = wait_for(finished, timeout=120)
-        assert detail["status"] == "done", detail
+        assert detail["status"] == "done_with_errors", detail
         by_name = {i["original_name"].rsplit("/", 1)[-1]: i for i in detail["images"]}
+        broken = by_name.pop("broken.dcm")
+        assert broken["status"] == "rejected" and "JPEG Extended" in broken["error"]
+        assert broken["result"] is None
+        detail["images"] = list(by_name.values())
         assert by_name[chest.name]["flags"] == ["adult_patient"]
         assert by_name[hip.name]["flags"] == ["non_chest:hip"]
         assert by_name[xray_paths[0].name]["flags"] == []
         assert all(i["result"]["label"] in ("normal", "pneumonia") for i in detail["images"])
         rows = list(csv.DictReader(io.StringIO(
             api.get(f"/api/studies/{study_id}/export.csv").content.decode())))
+        rows = [r for r in rows if not r["file_name"].endswith("broken.dcm")]
         assert {r["flags"] for r in rows} == {"adult_patient", "non_chest:hip", ""}
         assert all(r["label"] and r["model_version"] for r in rows)
 
@@ -64,6 +69,7 @@ def test_zip_of_real_radiographs_is_processed_flagged_exported_and_webhooked(
         (request,) = receiver.requests
         assert verify_like_a_receiver(request["headers"], request["body"])
         payload = json.loads(request["body"])
-        assert payload["study"]["id"] == study_id and payload["study"]["status"] == "done"
+        assert payload["study"]["id"] == study_id
+        assert payload["study"]["status"] == "done_with_errors"
     finally:
         receiver.close()

@@ -37,7 +37,7 @@ def test_list_shows_progress_newest_first(api: Any, make_study: MakeStudy) -> No
     assert response.status_code == 200
     assert ids(response) == [str(newer.id), str(older.id)]
     assert response.json()["results"][1]["progress"] == {
-        "total": 4, "done": 2, "failed": 1, "pneumonia": 1, "out_of_scope": 0,
+        "total": 4, "done": 2, "failed": 1, "rejected": 0, "pneumonia": 1, "out_of_scope": 0,
         "not_analysed": 0}
 
 

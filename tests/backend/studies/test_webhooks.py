@@ -28,8 +28,9 @@ def test_delivery_posts_a_signed_summary_the_receiver_can_verify(
     payload = json.loads(request["body"])
     assert payload["study"]["id"] == str(study.id)
     assert payload["study"]["status"] == "done_with_errors"
-    assert payload["study"]["progress"] == {"total": 2, "done": 1, "failed": 1, "pneumonia": 1,
-                                           "out_of_scope": 0, "not_analysed": 0}
+    assert payload["study"]["progress"] == {"total": 2, "done": 1, "failed": 1, "rejected": 0,
+                                           "pneumonia": 1, "out_of_scope": 0,
+                                           "not_analysed": 0}
     assert {i["status"] for i in payload["images"]} == {"done", "failed"}
 
 
