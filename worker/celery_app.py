@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # `include` imports the tasks only in worker processes; the web process sends tasks by name.
 # worker.tasks itself imports neither torch nor the model: an inference worker's pool process
 # loads them after the fork (worker/signals.py), so CUDA is never initialised in a parent.
-app = Celery("pneumoscan", include=["worker.tasks"])
+app = Celery("pneumoscan", include=["worker.tasks", "backend.dicomnet.tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 from . import signals  # noqa: E402,F401  (connects the worker lifecycle handlers)

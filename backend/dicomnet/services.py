@@ -1,0 +1,401 @@
+"""Writes of the DICOM network side: configuration, received instances, studies closing,
+result objects and their delivery."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from pydicom.dataset import Dataset
+
+from backend.accounts.models import User
+from backend.audit.services import audit_record
+from backend.studies.ingest import Rejection, inspect_file
+from backend.studies.models import Image, Result, Study
+from backend.studies.services import study_enqueue, study_refresh_status
+
+from . import objects
+from .models import CallingAeTitle, DicomConfig, DicomOutput, ReceivedInstance, ReceivedStudy
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TASK = "dicomnet.close_received_study"
+DELIVER_TASK = "dicomnet.deliver_study_outputs"
+CONFIG_UPDATED = "hospital.dicom_updated"
+
+
+class DicomConfigError(ValueError):
+    """A configuration the API refuses; the message is user-facing."""
+
+
+# --- Configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+
+def dicom_config_update(
+    *, user: User, calling_ae_titles: list[str], destination: Destination | None,
+    dicomweb_url: str = "", request: Any = None,
+) -> DicomConfig:
+    """Replace the hospital's DICOM configuration; audited with the before and after."""
+    hospital = user.hospital
+    titles = sorted({t.strip() for t in calling_ae_titles})
+    with transaction.atomic():
+        config, _ = DicomConfig.objects.select_for_update().get_or_create(hospital=hospital)
+        before = dicom_config_as_dict(config)
+        taken = sorted(CallingAeTitle.objects.filter(ae_title__in=titles)
+                       .exclude(hospital=hospital).values_list("ae_title", flat=True))
+        if taken:
+            # The calling AE title is what names the hospital: it cannot name two.
+            raise DicomConfigError(f"AE title(s) already used by another hospital: "
+                                   f"{', '.join(taken)}")
+        CallingAeTitle.objects.filter(hospital=hospital).exclude(ae_title__in=titles).delete()
+        for title in titles:
+            CallingAeTitle.objects.get_or_create(ae_title=title, hospital=hospital)
+        config.destination_ae_title = destination.ae_title if destination else ""
+        config.destination_host = destination.host if destination else ""
+        config.destination_port = destination.port if destination else None
+        config.dicomweb_url = dicomweb_url or ""
+        config.save()
+        after = dicom_config_as_dict(config)
+        audit_record(action=CONFIG_UPDATED, user=user, request=request,
+                     object_type="hospital", object_id=hospital.id,
+                     detail={"before": before, "after": after})
+    return config
+
+
+def dicom_config_as_dict(config: DicomConfig) -> dict[str, Any]:
+    return {
+        "calling_ae_titles": sorted(CallingAeTitle.objects.filter(hospital_id=config.hospital_id)
+                                    .values_list("ae_title", flat=True)),
+        "destination": ({"ae_title": config.destination_ae_title,
+                         "host": config.destination_host, "port": config.destination_port}
+                        if config.has_destination else None),
+        "dicomweb_url": config.dicomweb_url or None,
+    }
+
+
+# --- Receiving ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    stored: bool  # False: a repeat of an instance we have, or one of our own objects
+    reason: str = ""
+
+
+def instance_receive(*, hospital_id: int, calling_ae_title: str, dataset: Dataset,
+                     encoded: bytes) -> Received:
+    """Store one C-STORE'd instance of a hospital, grouped by its StudyInstanceUID.
+
+    Nothing is decoded here (the listener must answer fast): the file is written as received
+    and the study is closed, decoded and classified after DICOM_STUDY_QUIET_S of quiet.
+    Re-sent SOP Instance UIDs and objects we made ourselves are acknowledged, not stored.
+    """
+    study_uid = str(dataset.StudyInstanceUID)
+    sop_uid = str(dataset.SOPInstanceUID)
+    if (str(dataset.get("Manufacturer", "")) == objects.MANUFACTURER
+            or DicomOutput.objects.filter(sop_instance_uid=sop_uid).exists()):
+        return Received(stored=False, reason="one of our own result objects")
+    now = timezone.now()
+    received, _ = ReceivedStudy.objects.get_or_create(
+        hospital_id=hospital_id, study_instance_uid=study_uid,
+        defaults={"last_received_at": now, "calling_ae_title": calling_ae_title},
+    )
+    if ReceivedInstance.objects.filter(received_study=received, sop_instance_uid=sop_uid).exists():
+        return Received(stored=False, reason="already received")
+    name = default_storage.save(
+        f"dicom-in/{received.id}/{hashlib.sha256(sop_uid.encode()).hexdigest()[:32]}.dcm",
+        ContentFile(encoded))
+    try:
+        with transaction.atomic():
+            ReceivedInstance.objects.create(
+                received_study=received, sop_instance_uid=sop_uid,
+                sop_class_uid=str(dataset.SOPClassUID), file=name, size_bytes=len(encoded))
+            ReceivedStudy.objects.filter(id=received.id).update(last_received_at=now)
+    except IntegrityError:  # the same instance on two associations at once
+        default_storage.delete(name)
+        return Received(stored=False, reason="already received")
+    return Received(stored=True)
+
+
+def received_studies_due(*, quiet_s: float, now: Any = None) -> list[int]:
+    """Received studies with instances not yet ingested and quiet for `quiet_s`, whose close
+    task was not sent since their last instance (or long ago: its message may be lost)."""
+    now = now or timezone.now()
+    quiet_since = now - timedelta(seconds=quiet_s)
+    resend_before = now - timedelta(seconds=max(60.0, 4 * quiet_s))
+    rows = (ReceivedStudy.objects.filter(instances__ingested=False,
+                                         last_received_at__lte=quiet_since)
+            .distinct().values_list("id", "close_sent_at", "last_received_at"))
+    return [pk for pk, sent, last in rows
+            if sent is None or sent < last or sent < resend_before]
+
+
+def received_study_close_send(*, received_study_id: int) -> None:
+    """Send the close task of a quiet study (the listener's sweeper calls this)."""
+    from worker.celery_app import app
+
+    ReceivedStudy.objects.filter(id=received_study_id).update(close_sent_at=timezone.now())
+    app.send_task(CLOSE_TASK, args=[received_study_id], queue="default")
+
+
+def _header(data: bytes) -> Dataset | None:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    except Exception:  # garbage: reported by the decoder's message instead
+        return None
+
+
+def received_study_close(*, received_study_id: int) -> Study | None:
+    """Ingest a quiet study's new instances into its Study (created on first close), then
+    classify them like an uploaded study. Idempotent: instances are claimed under a lock.
+
+    An instance the decoder refuses becomes a failed image with the decoder's reason, so it
+    still gets a report saying it was not analysed.
+    """
+    with transaction.atomic():
+        received = (ReceivedStudy.objects.select_for_update().select_related("hospital")
+                    .get(id=received_study_id))
+        pending = list(received.instances.filter(ingested=False).order_by("received_at", "id"))
+        if not pending:
+            return received.study
+        study = received.study
+        if study is None:
+            first = _header(pending[0].file.read()) or Dataset()
+            study = Study.objects.create(
+                hospital=received.hospital,
+                name=(str(first.get("StudyDescription", "")) or
+                      f"DICOM from {received.calling_ae_title}")[:200],
+                accession_number=str(first.get("AccessionNumber", ""))[:64],
+            )
+            received.study = study
+            received.save(update_fields=["study"])
+        existing = set(study.images.values_list("sha256", flat=True))
+        for instance in pending:
+            image = _image_from_instance(instance, study=study, existing=existing)
+            instance.ingested = True
+            instance.image = image
+            instance.save(update_fields=["ingested", "image"])
+        if study.status in (Study.Status.DONE, Study.Status.DONE_WITH_ERRORS,
+                            Study.Status.FAILED, Study.Status.CANCELLED):
+            study.finished_at = None
+            study.save(update_fields=["finished_at"])
+        study_id = study.id
+        transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+    study_refresh_status(study_id=study_id)
+    return study
+
+
+def _image_from_instance(instance: ReceivedInstance, *, study: Study,
+                         existing: set[str]) -> Image | None:
+    with instance.file.open("rb") as handle:
+        data = handle.read()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 in existing:  # the same bytes under another SOP Instance UID
+        instance.error = "Identical to another instance of this study; not classified twice."
+        return None
+    existing.add(sha256)
+    name = f"{instance.sop_instance_uid}.dcm"
+    inspected = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
+                             working_copies=settings.WORKING_COPIES)
+    if isinstance(inspected, Rejection):
+        instance.error = inspected.reason
+        header = _header(data) or Dataset()
+        return Image.objects.create(
+            study=study, file=instance.file.name, original_name=name, sha256=sha256,
+            size_bytes=len(data), format="dicom", status=Image.Status.FAILED,
+            error=inspected.reason[:2000], finished_at=timezone.now(),
+            study_instance_uid=str(header.get("StudyInstanceUID", ""))[:64],
+            sop_instance_uid=instance.sop_instance_uid[:64],
+            modality=str(header.get("Modality", ""))[:16],
+        )
+    working = ""
+    if inspected.working_copy:
+        from backend.studies.models import working_copy_storage_name
+
+        working = default_storage.save(working_copy_storage_name(study.id),
+                                       ContentFile(inspected.working_copy))
+    return Image.objects.create(
+        study=study, file=instance.file.name, working_file=working, original_name=name,
+        sha256=sha256, size_bytes=len(data), format=inspected.format,
+        width=inspected.width, height=inspected.height, flags=inspected.flags,
+        notes=inspected.notes, **inspected.fields,
+    )
+
+
+# --- Results out --------------------------------------------------------------------------------
+
+
+def model_identity_fallback() -> tuple[str, str]:
+    """Model name and version for an image with no result (it failed before inference)."""
+    latest = Result.objects.order_by("-created_at").values_list("model_name", "model_version")
+    return latest.first() or ("pneumoscan", "unknown")
+
+
+def image_findings(image: Image) -> objects.Findings:
+    """The image's result as plain values; fields of the scope gate read defensively."""
+    result = getattr(image, "result", None) if _has_result(image) else None
+    if result is None:
+        name, version = model_identity_fallback()
+        # A failed image that has no size was never decoded: the decoder refused it.
+        reason = {"failed": "undecodable" if image.width is None else "failed",
+                  "cancelled": "cancelled"}.get(image.status, "failed")
+        return objects.Findings(model_name=name, model_version=version,
+                                not_analysed_reason=reason)
+    scope = getattr(result, "scope", "") or "in_scope"
+    if scope == "out_of_scope" or result.label not in ("normal", "pneumonia"):
+        return objects.Findings(
+            model_name=result.model_name, model_version=result.model_version,
+            not_analysed_reason=getattr(result, "scope_reason", "") or "out_of_scope")
+    return objects.Findings(
+        model_name=result.model_name, model_version=result.model_version,
+        pneumonia=result.label == "pneumonia", probability=float(result.score),
+        threshold=float(result.threshold),
+        etiology={k: float(v) for k, v in (result.etiology_probabilities or {}).items()},
+    )
+
+
+def _has_result(image: Image) -> bool:
+    try:
+        image.result  # noqa: B018
+    except Result.DoesNotExist:
+        return False
+    return True
+
+
+def image_source_header(image: Image) -> Dataset:
+    """The source instance's header (patient, study, series, SOP), without the pixels."""
+    with image.file.open("rb") as handle:
+        header = _header(handle.read())
+    if header is None or "SOPInstanceUID" not in header or "StudyInstanceUID" not in header:
+        raise ValueError("the source image has no readable DICOM header")
+    if "SOPClassUID" not in header:
+        header.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR: files without meta lack it
+    if "SeriesInstanceUID" not in header:
+        header.SeriesInstanceUID = objects.derived_uid(str(header.StudyInstanceUID), "series")
+    return header
+
+
+def image_sr(image: Image) -> Dataset:
+    return objects.build_sr(image_source_header(image), image_findings(image))
+
+
+def image_heatmap_sc(image: Image) -> Dataset | None:
+    """The heatmap image, or None for an image that was not classified."""
+    findings = image_findings(image)
+    if not findings.analysed or not image.result.heatmap:
+        return None
+    from ml.preprocess import decode_image
+
+    with image.file.open("rb") as handle:
+        radiograph = decode_image(handle.read()).pixels
+    with image.result.heatmap.open("rb") as handle:
+        heatmap_png = handle.read()
+    return objects.build_heatmap_sc(image_source_header(image), findings,
+                                    radiograph=radiograph, heatmap_png=heatmap_png)
+
+
+def dataset_bytes(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def study_outputs_enqueue(*, study_id: UUID) -> None:
+    """Send a finished received study's results to its hospital (the delivery task)."""
+    from worker.celery_app import app
+
+    try:
+        app.send_task(DELIVER_TASK, args=[str(study_id)], queue="default")
+    except Exception:
+        logger.exception("Could not queue the DICOM delivery of study %s", study_id)
+
+
+def study_outputs_deliver(*, study_id: UUID) -> dict[str, int]:
+    """Build the results of the study's finished images and send those not yet sent.
+
+    One SR per finished image and one heatmap per classified image. UIDs are deterministic,
+    so a repeat (redelivered task, study closed again with new instances) sends nothing twice.
+    Raises delivery.DestinationUnreachable when the destination is unreachable (the caller retries).
+    """
+    from . import delivery
+
+    study = Study.objects.select_related("hospital").get(id=study_id)
+    config = DicomConfig.objects.filter(hospital_id=study.hospital_id).first()
+    images = list(study.images.filter(status__in=Image.FINAL_STATUSES)
+                  .select_related("result").order_by("created_at"))
+    datasets: list[tuple[DicomOutput, Dataset]] = []
+    for image in images:
+        if image.format != "dicom":
+            continue
+        for kind, build in ((DicomOutput.Kind.SR, image_sr),
+                            (DicomOutput.Kind.SC, image_heatmap_sc)):
+            output = DicomOutput.objects.filter(image=image, kind=kind).first()
+            if output is not None and output.state == DicomOutput.State.SENT:
+                continue
+            try:
+                dataset = build(image)
+            except Exception as exc:  # a header we cannot use: say so on the image
+                logger.exception("Could not build the %s of image %s", kind, image.id)
+                DicomOutput.objects.update_or_create(
+                    image=image, kind=kind,
+                    defaults={"sop_instance_uid": f"invalid-{kind}-{image.id}"[:64],
+                              "state": DicomOutput.State.FAILED,
+                              "error": f"could not build: {exc}"[:2000]})
+                continue
+            if dataset is None:
+                continue
+            output, _ = DicomOutput.objects.update_or_create(
+                image=image, kind=kind,
+                defaults={"sop_instance_uid": str(dataset.SOPInstanceUID)})
+            datasets.append((output, dataset))
+    if not datasets:
+        return {"sent": 0, "failed": 0}
+    if config is None or not (config.has_destination or config.dicomweb_url):
+        for output, _ in datasets:
+            DicomOutput.objects.filter(id=output.id).update(
+                error="No DICOM destination is configured for this hospital.")
+        return {"sent": 0, "failed": 0}
+    outcomes = delivery.send(config, [dataset for _, dataset in datasets])
+    sent = failed = 0
+    now = timezone.now()
+    for (output, _), outcome in zip(datasets, outcomes, strict=True):
+        if outcome.ok:
+            sent += 1
+            DicomOutput.objects.filter(id=output.id).update(
+                state=DicomOutput.State.SENT, error="", sent_at=now,
+                destination=outcome.destination, attempts=output.attempts + 1)
+        else:
+            failed += 1
+            DicomOutput.objects.filter(id=output.id).update(
+                state=DicomOutput.State.FAILED, error=outcome.error[:2000],
+                destination=outcome.destination, attempts=output.attempts + 1)
+    return {"sent": sent, "failed": failed}
+
+
+def study_outputs_mark_unreachable(*, study_id: UUID, error: str, final: bool) -> None:
+    """Record a delivery attempt that could not reach the destination."""
+    outputs = DicomOutput.objects.filter(image__study_id=study_id).exclude(
+        state=DicomOutput.State.SENT)
+    for output in outputs:
+        DicomOutput.objects.filter(id=output.id).update(
+            attempts=output.attempts + 1, error=error[:2000],
+            state=DicomOutput.State.FAILED if final else DicomOutput.State.PENDING)
