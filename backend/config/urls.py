@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/auth/", include("backend.accounts.urls")),
     path("api/hospital/", include("backend.accounts.hospital_urls")),
+    path("api/", include("backend.dicomnet.urls")),
     path("api/health/", HealthApi.as_view(), name="health"),
     path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

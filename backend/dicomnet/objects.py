@@ -116,6 +116,11 @@ def clean_source(source: Dataset) -> Dataset:
     """A copy of the source header whose values we copy are valid (modalities write '62' for
     an Age String, which must be '062Y'); invalid ones are dropped, never passed on."""
     source = Dataset(source)
+    # Type 2 attributes highdicom copies: present (empty when unknown), as the standard asks.
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                    "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName"):
+        if keyword not in source:
+            setattr(source, keyword, None)
     age = str(source.get("PatientAge", "") or "").strip().upper()
     if age:
         if age.isdigit() and len(age) <= 3:

@@ -23,6 +23,9 @@ def dicom_config_get(*, hospital: Hospital) -> DicomConfig:
 
 def image_delivery(image: Image) -> dict[str, Any] | None:
     """Delivery state of the image's SR and heatmap, or None when none was made."""
+    prefetched = "dicom_outputs" in getattr(image, "_prefetched_objects_cache", {})
+    if not prefetched and (image.format != "dicom" or image.status not in Image.FINAL_STATUSES):
+        return None  # nothing can have been made: no query (e.g. the images of an upload)
     outputs = list(image.dicom_outputs.all())  # prefetched by the study's image list
     if not outputs:
         return None

@@ -20,9 +20,7 @@ from pydicom.dataset import Dataset
 
 from backend.accounts.models import User
 from backend.audit.services import audit_record
-from backend.studies.ingest import Rejection, inspect_file
 from backend.studies.models import Image, Result, Study
-from backend.studies.services import study_enqueue, study_refresh_status
 
 from . import objects
 from .models import CallingAeTitle, DicomConfig, DicomOutput, ReceivedInstance, ReceivedStudy
@@ -171,6 +169,8 @@ def received_study_close(*, received_study_id: int) -> Study | None:
     An instance the decoder refuses becomes a failed image with the decoder's reason, so it
     still gets a report saying it was not analysed.
     """
+    # Imported here: the decoder brings torch, which the listener process never needs.
+    from backend.studies.services import study_enqueue, study_refresh_status
     with transaction.atomic():
         received = (ReceivedStudy.objects.select_for_update().select_related("hospital")
                     .get(id=received_study_id))
@@ -213,6 +213,8 @@ def _image_from_instance(instance: ReceivedInstance, *, study: Study,
         instance.error = "Identical to another instance of this study; not classified twice."
         return None
     existing.add(sha256)
+    from backend.studies.ingest import Rejection, inspect_file
+
     name = f"{instance.sop_instance_uid}.dcm"
     inspected = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
                              working_copies=settings.WORKING_COPIES)
