@@ -17,9 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(PY) manage.py runstack
 
-## Run the whole test suite (sets up .venv first when missing).
+## Run the whole test suite (sets up .venv first when missing): lint, import contracts, tests.
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 ## One more inference worker in the foreground (same environment variables as `make run`).
@@ -30,6 +31,7 @@ worker: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 migrate: $(STAMP)
 	$(PY) manage.py migrate

@@ -157,7 +157,7 @@ def main() -> int:
     args = parser.parse_args()
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.config.settings.local")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker (worker/celery_app.py)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker (worker/tuning.py)
     import django
 
     django.setup()

@@ -28,9 +28,9 @@ def default_checkpoint(task: str = "binary") -> Path:
 _LAZY = {
     "Predictor": "ml.predictor",
     "Prediction": "ml.predictor",
-    "decode_image": "ml.preprocess",
-    "DecodedImage": "ml.preprocess",
-    "ImageDecodeError": "ml.preprocess",
+    "decode_image": "ml.decode",
+    "DecodedImage": "ml.decode",
+    "ImageDecodeError": "ml.decode",
     "to_model_tensor": "ml.preprocess",
     "preprocess": "ml.preprocess",
     "overlay_png": "ml.cam",

@@ -31,8 +31,6 @@ in a module global; nothing here runs at import time.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import logging
 import os
 import threading
@@ -58,6 +56,7 @@ from ml.predictor import Prediction, Predictor
 from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image, preprocess
 
 from .signals import pool_processes
+from .tuning import MemoryTrimmer, freeze_startup_objects, idle_priority, tune_allocator
 
 logger = logging.getLogger(__name__)
 
@@ -89,52 +88,7 @@ _models: Models | None = None
 _executor: ThreadPoolExecutor | None = None
 _recorder: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
-_images_since_trim = 0
-TRIM_EVERY_IMAGES = 512
-
-
-def _tune_allocator() -> None:
-    """glibc: keep big buffers on the heap instead of mmap/munmap per forward pass.
-
-    Each forward pass allocates and frees large convolution buffers; above glibc's mmap
-    threshold every one is a fresh mapping (page faults: ~2.6 ms of kernel time per image in
-    bench/pipeline.py, ~0.9 ms with this). Freed memory is returned by the periodic trim.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        libc.mallopt(m_mmap_threshold, 256 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 512 * 1024 * 1024)
-        libc.mallopt(m_top_pad, 64 * 1024 * 1024)
-
-
-def _freeze_startup_objects() -> None:
-    """Move everything allocated so far (Django, torch, the models: ~325,000 objects) out of
-    the garbage collector's sight.
-
-    They live as long as the process, yet every full collection walked them all: one ~175 ms
-    pause every few chunks, ~0.35 ms per image (docs/benchmarks.md). The Python docs recommend
-    `gc.freeze()` for long-lived pre-loaded state like this; new objects are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def _release_freed_memory(images: int) -> None:
-    """Give freed heap pages back to the OS every few chunks (glibc only).
-
-    Decoding, resizing and rendering allocate and free many image-sized buffers from several
-    threads; glibc keeps the freed pages, so RSS crept up by ~20-35 MB per 1,000 images
-    although nothing was leaked (tracemalloc flat). `malloc_trim` returns them: RSS stays flat
-    (docs/benchmarks.md). About 12 ms, so only every TRIM_EVERY_IMAGES images.
-    """
-    global _images_since_trim
-    _images_since_trim += images
-    if _images_since_trim < TRIM_EVERY_IMAGES:
-        return
-    _images_since_trim = 0
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+_trimmer = MemoryTrimmer()
 
 
 def loaded_models() -> Models | None:
@@ -161,7 +115,7 @@ def load_models() -> Models:
         if _models is not None and _models.pid == os.getpid():
             return _models
         started = time.perf_counter()
-        _tune_allocator()
+        tune_allocator()
         device = select_device()
         if device.type == "cpu":
             # ml.predictor reads this: the cores shared out between the pool processes, unless
@@ -180,7 +134,7 @@ def load_models() -> Models:
         models = Models(binary=binary, etiology=etiology, device=device, pid=os.getpid())
         _warm_up(models)
         _models = models
-        _freeze_startup_objects()
+        freeze_startup_objects()
         logger.info(
             "Loaded %s %s%s on %s (%d threads) in process %d in %.1f s",
             binary.name, binary.version,
@@ -211,17 +165,6 @@ def io_threads_idle(device: torch.device) -> bool:
                                 and pool_processes() == 1)
 
 
-def _idle_priority() -> None:
-    """Thread-pool initializer: this thread runs only on CPU time nobody else wants.
-
-    On a CPU worker the torch threads keep ~1.7 of 2 cores busy; decoding the next batch and
-    writing heatmaps at normal priority preempted them and slowed every forward pass (~5 % of
-    throughput, and noisier). At SCHED_IDLE they fill the gaps instead (docs/benchmarks.md).
-    """
-    with contextlib.suppress(AttributeError, OSError):  # not Linux: normal priority
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
 def executor(device: torch.device | None = None) -> ThreadPoolExecutor:
     """This process's I/O + decode thread pool (created lazily, so never before a fork)."""
     global _executor
@@ -230,7 +173,7 @@ def executor(device: torch.device | None = None) -> ThreadPoolExecutor:
             workers = settings.INFERENCE_IO_THREADS or os.cpu_count() or 1
             idle = io_threads_idle(device or torch.device("cpu"))
             _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-io",
-                                           initializer=_idle_priority if idle else None)
+                                           initializer=idle_priority if idle else None)
         return _executor
 
 
@@ -486,7 +429,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     report = ChunkReport(done=done, failed=failed + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
                          stages=stages.seconds)
-    _release_freed_memory(len(image_ids))
+    _trimmer.processed(len(image_ids))
     logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s, CPU %.3f s (%s)",
                 len(image_ids), report.done, report.failed, report.skipped, report.seconds,
                 time.process_time() - cpu_started,

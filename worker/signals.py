@@ -18,7 +18,6 @@ from celery import signals
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_QUEUE = "inference"
 _serves_inference = False
 _pool_processes = 1
 
@@ -36,6 +35,8 @@ def pool_processes() -> int:
 def _note_queues(sender: object = None, **kwargs: object) -> None:
     """In the parent, before any fork: remember whether this worker consumes `inference`, and
     how many pool processes share the machine's cores."""
+    from backend.studies.dispatch import INFERENCE_QUEUE
+
     global _serves_inference, _pool_processes
     _pool_processes = max(1, int(getattr(sender, "concurrency", 1) or 1))
     queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)

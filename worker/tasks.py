@@ -17,6 +17,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connections
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from backend.studies import dispatch
+
 logger = logging.getLogger(__name__)
 
 # Worth retrying: the database, Redis or the object store was briefly unreachable.
@@ -56,7 +58,7 @@ def _record_failure(image_ids: list[str], reason: str) -> None:
 
 
 @shared_task(
-    name="worker.tasks.infer_images",
+    name=dispatch.INFER_TASK,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -98,18 +100,16 @@ def infer_images(self, image_ids: list[str]) -> dict[str, int]:
     return {"done": report.done, "failed": report.failed, "skipped": report.skipped}
 
 
-@shared_task(name="worker.tasks.sweep_stuck_images", acks_late=True)
+@shared_task(name=dispatch.SWEEP_TASK, acks_late=True)
 def sweep_stuck_images() -> dict[str, int]:
     """Requeue images a dead worker left in `processing` (and queued ones whose message was
     lost); runs every SWEEP_INTERVAL_S on the `default` queue (celery beat)."""
     from backend.studies import services
 
-    from .queues import queue_depths
-
     outcome = services.images_requeue_stuck(
         processing_deadline_s=settings.STUCK_IMAGE_DEADLINE_S,
         queued_deadline_s=settings.QUEUED_IMAGE_DEADLINE_S,
-        inference_queue_empty=queue_depths()["inference"] == 0,
+        inference_queue_empty=dispatch.queue_depths()[dispatch.INFERENCE_QUEUE] == 0,
     )
     return {"stuck_processing": outcome.stuck_processing, "lost_queued": outcome.lost_queued}
 
@@ -117,7 +117,7 @@ def sweep_stuck_images() -> dict[str, int]:
 WEBHOOK_MAX_RETRIES = 10
 
 
-@shared_task(name="worker.tasks.deliver_webhook", bind=True, queue="default", acks_late=True,
+@shared_task(name=dispatch.WEBHOOK_TASK, bind=True, queue=dispatch.DEFAULT_QUEUE, acks_late=True,
              max_retries=WEBHOOK_MAX_RETRIES)
 def deliver_webhook(self, study_id: str) -> bool:
     """POST a finished study's signed summary to its hospital's webhook (hospital-facing API;

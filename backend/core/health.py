@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import connection
 
+from backend.config import celery
+
 
 def check_database() -> str | None:
     try:
@@ -26,10 +28,8 @@ def check_redis() -> str | None:
 
 
 def check_workers(timeout: float = 1.5) -> tuple[list[str], str | None]:
-    from worker.celery_app import app
-
     try:
-        replies = app.control.ping(timeout=timeout) or []
+        replies = celery.app.control.ping(timeout=timeout) or []
     except Exception as exc:
         return [], f"workers: {exc.__class__.__name__}: {exc}"
     names = sorted(name for reply in replies for name in reply)

@@ -60,13 +60,12 @@ def _histogram(name: str, doc: str, queryset: object, field: str, buckets: tuple
 
 class PneumoScanCollector:
     def collect(self) -> Iterator[Metric]:
+        from backend.studies.dispatch import queue_depths
         from backend.studies.models import Image, Result, Study
 
         depth = GaugeMetricFamily("pneumoscan_queue_depth",
                                   "Messages waiting in the broker, per queue.", labels=["queue"])
         try:
-            from worker.queues import queue_depths
-
             for queue, count in queue_depths().items():
                 depth.add_metric([queue], count)
         except Exception:  # noqa: S110 - Redis down: no depth samples; the scrape still works

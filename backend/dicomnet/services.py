@@ -147,7 +147,7 @@ def received_studies_due(*, quiet_s: float, now: Any = None) -> list[int]:
 
 def received_study_close_send(*, received_study_id: int) -> None:
     """Send the close task of a quiet study (the listener's sweeper calls this)."""
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     ReceivedStudy.objects.filter(id=received_study_id).update(close_sent_at=timezone.now())
     app.send_task(CLOSE_TASK, args=[received_study_id], queue="default")
@@ -305,7 +305,7 @@ def image_heatmap_sc(image: Image) -> Dataset | None:
     findings = image_findings(image)
     if not findings.analysed or not image.result.heatmap:
         return None
-    from ml.preprocess import decode_image
+    from ml.decode import decode_image
 
     with image.file.open("rb") as handle:
         radiograph = decode_image(handle.read()).pixels
@@ -323,7 +323,7 @@ def dataset_bytes(dataset: Dataset) -> bytes:
 
 def study_outputs_enqueue(*, study_id: UUID) -> None:
     """Send a finished received study's results to its hospital (the delivery task)."""
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     try:
         app.send_task(DELIVER_TASK, args=[str(study_id)], queue="default")

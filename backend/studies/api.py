@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from backend.accounts.permissions import HasHospital
 from backend.audit.models import AuditEvent
 from backend.audit.services import audit_record
-from ml.preprocess import ImageDecodeError
+from ml.decode import ImageDecodeError
 
 from . import exports, previews, selectors, services
 from .serializers import (

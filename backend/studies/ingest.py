@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from ml.preprocess import (
+from ml.decode import (
     WORKING_COPY_SIDE,
     ImageDecodeError,
     decode_image,
@@ -59,7 +59,7 @@ class InspectedFile:
     flags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     size: int = 0
-    working_copy: bytes = b""  # ml.preprocess.working_copy_jpeg, when the original is costly
+    working_copy: bytes = b""  # ml.decode.working_copy_jpeg, when the original is costly
 
     def __post_init__(self) -> None:
         if self.data and not self.size:

@@ -79,7 +79,7 @@ class Image(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="images")
     file = models.FileField(upload_to=_image_path, max_length=300)
     # A small model-ready copy made at upload from the pixels decoded there, so that workers
-    # never decode a large original again (ml.preprocess.needs_working_copy); empty when
+    # never decode a large original again (ml.decode.needs_working_copy); empty when
     # reading the original is cheap. The original stays the image of record.
     working_file = models.FileField(upload_to=_working_copy_path, max_length=300, blank=True)
     original_name = models.CharField(max_length=500)

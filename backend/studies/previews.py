@@ -1,6 +1,6 @@
 """PNG renderings of uploaded images, for browsers (which cannot show DICOM).
 
-Rendered from ``ml.preprocess.decode_image`` (so MONOCHROME1 is inverted and the VOI window
+Rendered from ``ml.decode.decode_image`` (so MONOCHROME1 is inverted and the VOI window
 applied, as the model sees it), downscaled to at most PREVIEW_MAX_SIDE pixels, and cached
 through the storage API next to the upload: never under a public URL.
 """
@@ -14,7 +14,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image as PILImage
 
-from ml.preprocess import decode_image
+from ml.decode import decode_image
 
 from .models import Image
 

@@ -8,8 +8,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
-from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -23,13 +21,12 @@ from django.utils import timezone
 from backend.accounts.models import Hospital, User
 from backend.config.sizing import upload_decode_threads
 
+from . import dispatch
 from .ingest import InspectedFile, Rejection, ZipLimits, expand_zip, inspect_file, is_zip
 from .models import Image, Result, Study, image_storage_name, working_copy_storage_name
 
 logger = logging.getLogger(__name__)
 
-INFER_TASK = "worker.tasks.infer_images"
-WEBHOOK_TASK = "worker.tasks.deliver_webhook"
 FINISHED_STATUSES = (
     Study.Status.DONE, Study.Status.DONE_WITH_ERRORS, Study.Status.FAILED,
     Study.Status.CANCELLED,
@@ -242,56 +239,21 @@ def study_retry(*, study_id: UUID) -> int:
 
 def webhook_enqueue(*, study_id: UUID) -> None:
     """Send the finished study's webhook task; a broker outage must not break the caller."""
-    from worker.celery_app import app
-
     try:
-        app.send_task(WEBHOOK_TASK, args=[str(study_id)], queue="default")
+        dispatch.webhook_send(study_id=study_id)
     except Exception:
         logger.exception("Could not queue the webhook for study %s", study_id)
 
 
 def study_enqueue(*, study_id: UUID) -> int:
     """Send the study's queued images to the inference queue in chunks; returns tasks sent."""
-    from worker.celery_app import app  # the web process sends by name; it never runs tasks
-
     study = Study.objects.get(id=study_id)
     ids = [
         str(pk) for pk in study.images.filter(status=Image.Status.QUEUED)
         .order_by("created_at").values_list("id", flat=True)
     ]
-    return inference_send(app=app, image_ids=ids, priority=queue_priority(study.priority))
-
-
-def queue_priority(study_priority: str) -> int:
-    """Redis transport priority of a study's chunks: lower numbers are served first."""
-    return 0 if study_priority == Study.Priority.URGENT else 5
-
-
-def inference_send(*, app: Any, image_ids: list[str], priority: int) -> int:
-    """Send image IDs to the inference queue in chunks; returns the number of tasks sent.
-
-    The time limits are left out of the message on purpose: the worker's own configuration
-    applies, not whatever the sending process happens to have configured.
-    """
-    chunks = chunk_split(image_ids, max_size=settings.INFERENCE_CHUNK_SIZE)
-    for chunk in chunks:
-        app.send_task(INFER_TASK, args=[chunk], queue="inference",
-                      priority=priority, time_limit=None, soft_time_limit=None)
-    return len(chunks)
-
-
-def chunk_split(items: Sequence[str], *, max_size: int) -> list[list[str]]:
-    """As few chunks as `max_size` allows, of equal sizes (within one).
-
-    Equal chunks finish together on the pool processes that share them: 500 images in chunks
-    of at most 128 are 4 x 125, not 3 x 128 + 116, whose short last chunk left one process
-    idle while the others finished.
-    """
-    if not items:
-        return []
-    count = -(-len(items) // max(1, max_size))
-    bounds = [len(items) * k // count for k in range(count + 1)]
-    return [list(items[a:b]) for a, b in pairwise(bounds)]
+    return dispatch.inference_send(image_ids=ids,
+                                   priority=dispatch.queue_priority(study.priority))
 
 
 def derive_study_status(counts: dict[str, int], total: int) -> str:
@@ -450,14 +412,12 @@ def images_fail_many(*, image_ids: Sequence[str | UUID], reason: str) -> int:
 
 def images_send(*, image_ids: Sequence[str | UUID]) -> int:
     """Send images (of any studies) to the inference queue in chunks, at their study's priority."""
-    from worker.celery_app import app
-
     by_priority: dict[int, list[str]] = {}
     rows = (Image.objects.filter(id__in=image_ids).order_by("study_id", "created_at")
             .values_list("id", "study__priority"))
     for pk, study_priority in rows:
-        by_priority.setdefault(queue_priority(study_priority), []).append(str(pk))
-    return sum(inference_send(app=app, image_ids=ids, priority=priority)
+        by_priority.setdefault(dispatch.queue_priority(study_priority), []).append(str(pk))
+    return sum(dispatch.inference_send(image_ids=ids, priority=priority)
                for priority, ids in sorted(by_priority.items()))
 
 

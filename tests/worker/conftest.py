@@ -179,7 +179,7 @@ def clean_redis() -> Iterator[None]:
 @pytest.fixture
 def send_via(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Make this process send tasks to another broker (e.g. a private Redis server)."""
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     opened = []
 

@@ -12,7 +12,7 @@ from tests.conftest import REPO_ROOT
 
 
 def test_effective_reliability_settings() -> None:
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     conf = app.conf
     assert conf.task_acks_late is True
@@ -27,8 +27,8 @@ def test_effective_reliability_settings() -> None:
 
 
 def test_effective_task_options() -> None:
+    from backend.config.celery import app
     from worker import tasks
-    from worker.celery_app import app
 
     app.loader.import_default_modules()
     infer = app.tasks["worker.tasks.infer_images"]
@@ -41,7 +41,7 @@ def test_effective_task_options() -> None:
 
 
 def test_priorities_and_beat_schedule() -> None:
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     options = app.conf.broker_transport_options
     assert options["queue_order_strategy"] == "priority"
@@ -56,7 +56,7 @@ def test_visibility_timeout_always_exceeds_hard_limit() -> None:
     code = textwrap.dedent("""
         from django.conf import settings
         import django; django.setup()
-        from worker.celery_app import app
+        from backend.config.celery import app
         print(app.conf.task_time_limit, app.conf.broker_transport_options["visibility_timeout"])
     """)
     env = {"CELERY_TASK_TIME_LIMIT": "900", "CELERY_VISIBILITY_TIMEOUT": "60",
@@ -71,11 +71,10 @@ def test_importing_tasks_neither_initialises_cuda_nor_loads_the_model() -> None:
     """What a prefork parent does before forking: import the tasks, set up the queues."""
     code = textwrap.dedent("""
         import django; django.setup()
-        from worker.celery_app import app
+        from backend.config.celery import app
         app.loader.import_default_modules()
         import worker.tasks
-        # (torch itself may be imported: Django's checks load the URLconf, which imports
-        # ml.preprocess. Importing torch is harmless; initialising CUDA or a model is not.)
+        # (Importing torch would be harmless here; initialising CUDA or a model is not.)
         from worker import signals
         app.amqp.queues.select(["inference", "default"])  # what `-Q inference,default` does
         signals._note_queues(sender=WORKER)
@@ -112,8 +111,8 @@ def test_only_inference_workers_preload(monkeypatch: Any) -> None:
 
 
 def test_tests_send_to_their_own_redis_database() -> None:
+    from backend.config.celery import app
     from tests.conftest import TEST_REDIS_URL
-    from worker.celery_app import app
 
     assert app.conf.broker_url == TEST_REDIS_URL
 
@@ -185,8 +184,8 @@ def test_pool_is_sized_by_the_cores_this_process_may_run_on(tmp_path: Any) -> No
 def test_effective_worker_concurrency_is_the_inference_pool_size() -> None:
     from django.conf import settings
 
+    from backend.config.celery import app
     from backend.config.sizing import inference_processes
-    from worker.celery_app import app
 
     expected = inference_processes(settings.INFERENCE_PROCESSES, device=settings.INFERENCE_DEVICE)
     assert app.conf.worker_concurrency == expected >= 1

@@ -49,8 +49,8 @@ def test_chunk_over_the_soft_time_limit_is_a_recorded_failure_and_the_worker_liv
     tmp_path: Path, settings: Any,
 ) -> None:
     import worker.tasks
+    from backend.config.celery import app
     from backend.studies.models import Image
-    from worker.celery_app import app
 
     # Finalising registers the task in this (sending) process with its own 240 s limits.
     assert app.tasks["worker.tasks.infer_images"].soft_time_limit == 240

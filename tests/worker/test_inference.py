@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Tasks this process sends (kept here instead of going to Redis)."""
-    from worker.celery_app import app
+    from backend.config.celery import app
 
     calls: list[dict] = []
     monkeypatch.setattr(app, "send_task",

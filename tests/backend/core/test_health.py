@@ -21,7 +21,7 @@ def lonely_broker(monkeypatch: pytest.MonkeyPatch) -> None:
 
     base, _, _ = TEST_REDIS_URL.rpartition("/")
     app = Celery("lonely", broker=f"{base}/15", set_as_current=False)
-    monkeypatch.setattr("worker.celery_app.app", app)
+    monkeypatch.setattr("backend.config.celery.app", app)
 
 
 @pytest.mark.django_db

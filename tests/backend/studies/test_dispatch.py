@@ -1,10 +1,10 @@
-"""Pure helpers of backend.studies.services."""
+"""Chunking in backend.studies.dispatch."""
 
 from __future__ import annotations
 
 import pytest
 
-from backend.studies.services import chunk_split
+from backend.studies.dispatch import chunk_split
 
 
 @pytest.mark.parametrize(("n", "max_size", "sizes"), [

@@ -1,4 +1,5 @@
-"""Celery tasks of the DICOM network side (default queue): they take IDs and call services."""
+"""Celery tasks of the DICOM network side (default queue): they take IDs and call the services
+of backend.dicomnet (which sends them by name)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 from celery import shared_task
 from django.conf import settings
 
-from worker.tasks import TRANSIENT_ERRORS
+from .tasks import TRANSIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 @shared_task(name="dicomnet.close_received_study", bind=True, acks_late=True, max_retries=8)
 def close_received_study(self, received_study_id: int) -> str | None:
     """Ingest a quiet received study's new instances and queue them for classification."""
-    from . import services
+    from backend.dicomnet import services
 
     try:
         study = services.received_study_close(received_study_id=received_study_id)
@@ -37,8 +38,8 @@ def delivery_backoff_s(retries: int) -> float:
 def deliver_study_outputs(self, study_id: str) -> dict[str, int]:
     """Send a finished received study's SRs and heatmaps; retried while the destination is
     unreachable, up to DICOM_DELIVERY_MAX_RETRIES, then its objects are marked failed."""
-    from . import services
-    from .delivery import DestinationUnreachable
+    from backend.dicomnet import services
+    from backend.dicomnet.delivery import DestinationUnreachable
 
     try:
         return services.study_outputs_deliver(study_id=study_id)
