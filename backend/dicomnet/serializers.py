@@ -25,7 +25,11 @@ class DestinationSerializer(serializers.Serializer):
 
 
 class DicomConfigSerializer(serializers.Serializer):
-    calling_ae_titles = serializers.ListField(child=AeTitleField(max_length=32),
+    calling_ae_titles = serializers.ListField(child=serializers.CharField(max_length=64),
                                               max_length=50, allow_empty=True)
     destination = DestinationSerializer(allow_null=True)
     dicomweb_url = serializers.URLField(allow_null=True, required=False, max_length=500)
+
+    def validate_calling_ae_titles(self, titles: list[str]) -> list[str]:
+        # One flat message naming the bad titles (not an error object per list index).
+        return [_ae_title(title) for title in titles]

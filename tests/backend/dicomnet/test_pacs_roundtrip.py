@@ -89,7 +89,9 @@ def test_results_of_received_studies_land_in_the_source_studies_once(
     assert {s["study_uid"] for s in ours} <= source_studies
     assert not ({s["series_uid"] for s in ours}
                 & {str(h.get("SeriesInstanceUID", "")) for h in headers})
-    assert DicomOutput.objects.filter(state="sent").count() == srs + heatmaps
+    # Recorded as sent once the association is released (just after Orthanc has them).
+    wait_until(lambda: DicomOutput.objects.filter(state="sent").count() == srs + heatmaps,
+               timeout=30)
     # The delivery state is in the API.
     image = Image.objects.filter(dicom_outputs__kind="sr").first()
     body = client_for(configured).get(f"/api/studies/{image.study_id}/").json()
