@@ -25,6 +25,7 @@ from tests.worker.conftest import (  # noqa: F401  (fixtures re-exported)
 )
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 DCMTK = shutil.which("storescu")
 LISTENER_AE = "PNEUMOSCAN"
 STORESCU_CFG = REPO_ROOT / "backend" / "dicomnet" / "storescu.cfg"
@@ -53,9 +54,13 @@ class Orthanc:
             "IndexDirectory": str(directory / "db"), "HttpPort": self.http_port,
             "DicomPort": self.dicom_port, "DicomAet": ae_title, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "Plugins": [],
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True,
             "HttpServerEnabled": True, "ConcurrentJobs": 1, "LogExportedResources": False,
+            # STOW-RS at /dicom-web/ when Debian's orthanc-dicomweb is installed.
+            "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }))
+        self.dicomweb_url = f"{self.url}/dicom-web"
 
     def start(self) -> None:
         log = (self.dir / "orthanc.log").open("ab")

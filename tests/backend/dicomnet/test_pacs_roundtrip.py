@@ -124,3 +124,22 @@ def test_delivery_retries_while_the_pacs_is_down_and_completes_when_it_returns(
     orthanc.start()
     wait_until(lambda: pacs_counts(orthanc)["SR"] == 1, timeout=120)
     wait_until(lambda: not DicomOutput.objects.exclude(state="sent").exists(), timeout=30)
+
+
+def test_results_go_by_stow_rs_to_a_dicomweb_url(user: Any, orthanc: Orthanc, listener: Listener,
+                                                 worker: Any, dicom_files: list[Path]) -> None:
+    from tests.backend.dicomnet.conftest import DICOMWEB_PLUGIN
+
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip("Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+    response = client_for(user).put("/api/hospital/dicom/", {
+        "calling_ae_titles": [MODALITY], "destination": None,
+        "dicomweb_url": orthanc.dicomweb_url}, format="json")
+    assert response.status_code == 200, response.content
+    source = next(f for f in dicom_files if f.name.startswith("dx-chest"))
+    assert store(listener.port, MODALITY, [source]).returncode == 0
+    wait_until(lambda: pacs_counts(orthanc)["SR"] == 1, timeout=180)
+    from backend.dicomnet.models import DicomOutput
+
+    wait_until(lambda: DicomOutput.objects.filter(state="sent").exists(), timeout=30)
+    assert DicomOutput.objects.first().destination == orthanc.dicomweb_url
