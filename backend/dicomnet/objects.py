@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import uuid
+import warnings
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -61,6 +62,9 @@ REASONS = {
     "cancelled": "The analysis was cancelled",
 }
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE"
+# Patient names are copied as the modality wrote them; highdicom's advice on their form is noise.
+warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name",
+                        category=UserWarning)
 
 
 def derived_uid(*parts: str) -> str:
