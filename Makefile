@@ -37,8 +37,8 @@ migrate: $(STAMP)
 	$(PY) manage.py migrate
 
 bench: $(STAMP)
-	$(PY) bench/pipeline.py
-	$(PY) bench/memory.py
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.memory
 
 clean:
 	rm -rf var

@@ -1,11 +1,11 @@
 """One worker chunk in this process, against the raw models, for A/B tests of worker settings.
 
-    python bench/chunk.py                                   # the current settings
-    python bench/chunk.py INFERENCE_IO_PRIORITY=normal INFERENCE_IO_PRIORITY=idle
-    python bench/chunk.py INFERENCE_IO_THREADS=1 INFERENCE_IO_THREADS=2,INFERENCE_BATCH_SIZE=64
+    python -m bench.chunk                                   # the current settings
+    python -m bench.chunk INFERENCE_IO_PRIORITY=normal INFERENCE_IO_PRIORITY=idle
+    python -m bench.chunk INFERENCE_IO_THREADS=1 INFERENCE_IO_THREADS=2,INFERENCE_BATCH_SIZE=64
 
 Stores one study of `--images` real X-rays in the PostgreSQL database of bench/pipeline.py
-(no web server, no Celery), then repeats: raw models on the same images, `run_chunk` on the
+(no web server, no Celery worker), then repeats: raw models on the same images, `run_chunk` on the
 whole study, raw again. Each configuration (comma-separated setting=value overrides) runs in
 turn within every repetition, so the machine's drift hits them all alike; the table gives the
 median of chunk throughput / raw throughput around it, and of raw CPU / chunk CPU per image
@@ -13,7 +13,7 @@ median of chunk throughput / raw throughput around it, and of raw CPU / chunk CP
 INFERENCE_TORCH_THREADS=1 to see one such process). Faster to iterate on than the full
 pipeline bench, and free of web, broker and polling noise.
 
-    python bench/chunk.py --processes 2 [configs...]   # the worker's layout
+    python -m bench.chunk --processes 2 [configs...]   # the worker's layout
 
 With --processes N, N spawned processes set up like the worker's pool processes (their share
 of the cores as torch threads, its I/O thread priority) each run a chunk of their own study at
@@ -33,9 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import DEFAULT_DB, REPO_ROOT, RawModels, RawStreams, xray_files
+from bench.common import DEFAULT_DB, RawModels, RawStreams
+from support import REPO_ROOT, xray_files
 
 
 def main() -> int:
@@ -58,10 +57,12 @@ def main() -> int:
     from django.conf import settings
 
     from worker import inference
+    from worker.runtime import WorkerRuntime
 
     paths = xray_files(args.images, offset=2000)
     image_ids = _stored_study(paths)
-    models = inference.load_models()
+    runtime = WorkerRuntime()
+    models = runtime.models()
     etiology = settings.MODEL_CHECKPOINT_ETIOLOGY if models.etiology is not None else None
     raw_models = RawModels(settings.MODEL_CHECKPOINT_BINARY, paths, etiology=etiology)
 
@@ -71,7 +72,7 @@ def main() -> int:
     def chunk() -> tuple[float, float]:
         _requeue(image_ids)
         started, cpu_started = time.perf_counter(), time.process_time()
-        report = inference.run_chunk(image_ids)
+        report = inference.run_chunk(runtime, image_ids)
         assert report.done == len(image_ids), report
         return time.perf_counter() - started, time.process_time() - cpu_started
 
@@ -81,7 +82,7 @@ def main() -> int:
     cpu_ratios: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for config in args.configs:
-            with _applied(_overrides(config)):
+            with _applied(runtime, _overrides(config)):
                 before, took, after = raw(), chunk(), raw()
             ratios.setdefault(config, []).append((before[0] + after[0]) / 2 / took[0])
             cpu_ratios.setdefault(config, []).append((before[1] + after[1]) / 2 / took[1])
@@ -97,28 +98,28 @@ def main() -> int:
 
 
 @contextlib.contextmanager
-def _applied(overrides: dict[str, Any]) -> Iterator[None]:
-    """The settings of one configuration, for one run; the worker's thread pool is made anew
+def _applied(runtime: Any, overrides: dict[str, Any]) -> Iterator[None]:
+    """The settings of one configuration, for one run; the runtime's I/O pool is made anew
     on both sides (its thread count and priority are fixed when it is created)."""
     from django.conf import settings
-
-    from worker import inference
 
     saved = {key: getattr(settings, key) for key in overrides}
     for key, value in overrides.items():
         setattr(settings, key, value)
-    inference._executor = None
+    runtime.reset_io_pool()
     try:
         yield
     finally:
         for key, value in saved.items():
             setattr(settings, key, value)
-        inference._executor = None
+        runtime.reset_io_pool()
 
 
 def _set_up_django() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker
     os.environ.update(
+        # The chunk is run here, by hand: what the upload sends goes to an in-memory broker.
+        REDIS_URL="memory://",
         DJANGO_SETTINGS_MODULE="backend.config.settings.production", SECRET_KEY="bench",
         DATABASE_URL=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DB), LOG_LEVEL="WARNING",
         MEDIA_ROOT=os.environ.get("BENCH_MEDIA_ROOT", "/tmp/pneumoscan-bench-chunk"),
@@ -184,21 +185,21 @@ def _pool_process(pipe: Any, barrier: Any, processes: int, image_ids: list[str])
     """One pool process of a CPU worker, without Celery: told a configuration, it runs the
     chunk at the same moment as the others and reports (wall, CPU) seconds."""
     _set_up_django()
-    import worker.signals
     from worker import inference
+    from worker.runtime import WorkerRuntime
 
-    # What the worker's parent would have noted: load_models gives this process its share of
-    # the cores, and the I/O threads their priority, from it.
-    worker.signals._pool_processes = processes
-    inference.load_models()
-    inference.run_chunk(image_ids)
+    # As in a worker's pool process: its share of the cores as torch threads, and the I/O
+    # threads' priority, follow from the number of pool processes.
+    runtime = WorkerRuntime(pool_processes=processes)
+    runtime.models()
+    inference.run_chunk(runtime, image_ids)
     _requeue(image_ids)
     pipe.send("ready")
     while (overrides := pipe.recv()) is not None:
-        with _applied(overrides):
+        with _applied(runtime, overrides):
             barrier.wait()
             started, cpu_started = time.perf_counter(), time.process_time()
-            report = inference.run_chunk(image_ids)
+            report = inference.run_chunk(runtime, image_ids)
             pipe.send((time.perf_counter() - started, time.process_time() - cpu_started))
         assert report.done == len(image_ids), report
         _requeue(image_ids)
@@ -215,8 +216,6 @@ def _overrides(config: str) -> dict[str, Any]:
 
 
 def _stored_study(paths: list[Path], name: str = "bench-chunk") -> list[str]:
-    from unittest import mock
-
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from backend.accounts.models import Hospital, User
@@ -228,9 +227,7 @@ def _stored_study(paths: list[Path], name: str = "bench-chunk") -> list[str]:
         username="bench-chunk", hospital=hospital, role="admin")
     Study.objects.filter(name=name).delete()
     uploads = [SimpleUploadedFile(p.name, p.read_bytes()) for p in paths]
-    # The chunk is run here, by hand: nothing goes to a queue.
-    with mock.patch.object(services, "inference_send", lambda **kwargs: 0):
-        outcome = services.study_create(user=user, uploads=uploads, name=name)
+    outcome = services.study_create(user=user, uploads=uploads, name=name)
     assert outcome.study is not None, outcome.rejected
     return [str(pk) for pk in Image.objects.filter(study=outcome.study)
             .order_by("id").values_list("id", flat=True)]

@@ -7,30 +7,22 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("PNEUMO_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-KERMANY_TRAIN = DATA_DIR / "kermany-cxr" / "train"
+from support import REPO_ROOT, free_port, full_size_jpeg, wait_for
+
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/pneumoscan_bench"
 FINAL = ("done", "failed", "done_with_errors", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def settle_deletions() -> None:
@@ -44,48 +36,18 @@ def settle_deletions() -> None:
     os.sync()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2,
-             what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not met within {timeout}s")
-
-
-def xray_files(n: int, offset: int = 0) -> list[Path]:
-    """n distinct real X-rays, alternating normal / pneumonia."""
-    normal = sorted((KERMANY_TRAIN / "NORMAL").glob("*.jpeg"))
-    pneumonia = sorted((KERMANY_TRAIN / "PNEUMONIA").glob("*.jpeg"))
-    if not normal or not pneumonia:
-        sys.exit(f"No Kermany X-rays under {KERMANY_TRAIN} (set PNEUMO_DATA_DIR)")
-    mixed = [p for pair in zip(normal, pneumonia, strict=False) for p in pair]
-    mixed += pneumonia[len(normal):]
-    if offset + n > len(mixed):
-        sys.exit(f"Only {len(mixed)} X-rays available")
-    return mixed[offset:offset + n]
-
-
 def full_size(paths: list[Path], size: tuple[int, int]) -> list[Path]:
     """The same X-rays enlarged to a full-size radiograph (width x height) as JPEGs.
 
-    The data set's 224 px JPEGs decode in ~0.3 ms; a hospital's radiographs are ~2000 px and
-    decode in ~20 ms (DICOM: 20-700 ms), which is what the pipeline meets in practice.
     Written once into var/bench/full-size-WxH/ and reused.
     """
-    from PIL import Image
-
     folder = REPO_ROOT / "var" / "bench" / f"full-size-{size[0]}x{size[1]}"
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for path in paths:
         target = folder / path.name
         if not target.exists():
-            with Image.open(path) as image:
-                image.convert("L").resize(size, Image.Resampling.BICUBIC).save(
-                    target, format="JPEG", quality=92)
+            target.write_bytes(full_size_jpeg(path, size))
         out.append(target)
     return out
 
@@ -262,17 +224,17 @@ class RawModels:
 
     def __init__(self, checkpoint: str, paths: list[Path], etiology: str | None = None,
                  threads: str | None = None) -> None:
-        if threads:
-            os.environ["PNEUMO_TORCH_THREADS"] = threads
         import torch
 
         from ml.predictor import Predictor
         from ml.preprocess import decode_image, preprocess
-        from worker.inference import _tune_allocator
+        from worker.tuning import tune_allocator
 
-        _tune_allocator()  # the same glibc settings as the worker's pool process
-        self.binary = Predictor.from_checkpoint(checkpoint, device="cpu")
-        self.etiology = Predictor.from_checkpoint(etiology, device="cpu") if etiology else None
+        tune_allocator()  # the same glibc settings as the worker's pool process
+        cores = int(threads) if threads else None
+        self.binary = Predictor.from_checkpoint(checkpoint, device="cpu", threads=cores)
+        self.etiology = (Predictor.from_checkpoint(etiology, device="cpu", threads=cores)
+                         if etiology else None)
         pixels = [decode_image(p.read_bytes()).pixels for p in paths]
         self.tensors = torch.stack([preprocess(px, self.binary.spec) for px in pixels])
         self.tensors2 = (torch.stack([preprocess(px, self.etiology.spec) for px in pixels])
@@ -421,12 +383,5 @@ def pss_mb(pid: int) -> float:
     """Proportional set size: private pages plus a share of the shared ones."""
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")

@@ -1,7 +1,7 @@
 """The model's forward pass alone: eager against the optimised CPU runner, alone and beside a
 busy Python thread (what the worker's decode and heatmap threads are to it).
 
-    python bench/forward.py [--checkpoint ml/weights/binary.pt] [--batch 32] [--threads 2]
+    python -m bench.forward [--checkpoint ml/weights/binary.pt] [--batch 32] [--threads 2]
 
 Prints ms per image for each (runner, neighbour) pair, repeated --repeats times in turn so
 the machine's drift hits all alike, and the medians. The busy thread runs at idle CPU
@@ -19,8 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Worker memory over a long run: RSS of the worker's pool processes (where the models, the
 CAM code and the image buffers live) while they classify 2,000 real X-rays.
 
-    python bench/memory.py [--images 2000] [--study-size 500] [--chunk-size N]
+    python -m bench.memory [--images 2000] [--study-size 500] [--chunk-size N]
 
 Starts its own stack (see bench/common.py), submits the images as studies of --study-size,
 samples the pool processes' RSS every 0.5 s, and prints the RSS of the largest pool process
@@ -22,18 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import (
-    FINAL,
-    REPO_ROOT,
-    Client,
-    pss_mb,
-    rss_mb,
-    running_stack,
-    wait_for,
-    xray_files,
-)
+from bench.common import FINAL, Client, pss_mb, running_stack
+from support import REPO_ROOT, rss_mb, wait_for, xray_files
 
 
 def main() -> int:

@@ -1,9 +1,9 @@
 """End-to-end throughput and latency through the REST API, next to the raw model speed.
 
-    python bench/pipeline.py                      # starts its own stack: PostgreSQL database
+    python -m bench.pipeline                      # starts its own stack: PostgreSQL database
                                                   # pneumoscan_bench, private Redis, gunicorn,
                                                   # one CPU worker (-Q inference,default)
-    python bench/pipeline.py --url http://127.0.0.1:8000 --token TOKEN   # against `make run`
+    python -m bench.pipeline --url http://127.0.0.1:8000 --token TOKEN   # against `make run`
 
 Measured in one run, with the same checkpoints and batch size (the worker's
 INFERENCE_BATCH_SIZE; a task of INFERENCE_CHUNK_SIZE images runs as a pipeline of batches):
@@ -35,11 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.common import (
     FINAL,
-    REPO_ROOT,
     Client,
     RawModels,
     RawStreams,
@@ -48,9 +45,8 @@ from bench.common import (
     machine_busy_cpu,
     percentile,
     running_stack,
-    wait_for,
-    xray_files,
 )
+from support import REPO_ROOT, wait_for, xray_files
 
 
 def raw_around(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

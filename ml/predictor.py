@@ -97,6 +97,7 @@ class Predictor:
         meta: dict[str, Any],
         device: str | torch.device | None = None,
         optimize: bool | None = None,
+        threads: int | None = None,
     ) -> None:
         self.device = (
             torch.device(device)
@@ -104,7 +105,8 @@ class Predictor:
             else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         if self.device.type == "cpu":
-            torch.set_num_threads(default_threads())
+            # `threads`: the caller's share of the cores (a worker pool process's).
+            torch.set_num_threads(threads or default_threads())
         self.model = model.to(self.device).eval()
         self.meta = meta
         self.name: str = str(meta["name"])
@@ -129,9 +131,10 @@ class Predictor:
         path: str | Path,
         device: str | torch.device | None = None,
         optimize: bool | None = None,
+        threads: int | None = None,
     ) -> Predictor:
         model, meta = model_from_checkpoint(path, map_location="cpu")
-        return cls(model, meta, device, optimize)
+        return cls(model, meta, device, optimize, threads=threads)
 
     # ---------------------------------------------------------------------------------------
     def to_tensor(self, source: Source) -> torch.Tensor:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("PNEUMO_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-KERMANY_TRAIN = DATA_DIR / "kermany-cxr" / "train"
-DICOM_DIR = DATA_DIR / "dicom"
+from support import (  # noqa: F401  (re-exported for the test modules)
+    DATA_DIR,
+    DICOM_DIR,
+    KERMANY_TRAIN,
+    REPO_ROOT,
+    free_port,
+    full_size_jpeg,
+    wait_for,
+)
+
 # A Redis database of its own, so tests never mix with a `make run` on the same machine.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
@@ -40,22 +45,24 @@ def xray_paths(kermany_images: dict[str, list[Path]]) -> list[Path]:
     return kermany_images["normal"][:3] + kermany_images["pneumonia"][:3]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_media_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Uploads and heatmaps of this run, under pytest's temporary directory (never in the
+    repository). Worker subprocesses started by the tests inherit it (TEST_MEDIA_ROOT, read by
+    the test settings), so they read and write the same files as the test process."""
+    root = tmp_path_factory.mktemp("media")
+    previous = os.environ.get("TEST_MEDIA_ROOT")
+    os.environ["TEST_MEDIA_ROOT"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("TEST_MEDIA_ROOT", None)
+    else:
+        os.environ["TEST_MEDIA_ROOT"] = previous
+
+
 @pytest.fixture(autouse=True)
-def _media_root(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
-    settings.MEDIA_ROOT = REPO_ROOT / "var" / "test-media"
-
-
-def full_size_jpeg(path: Path, size: tuple[int, int] = (1800, 1500), **save: Any) -> bytes:
-    """A data-set X-ray enlarged to a full-size radiograph (width x height), as a JPEG."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    with Image.open(path) as image:
-        image.convert("L").resize(size, Image.Resampling.BICUBIC).save(
-            buf, format="JPEG", quality=92, **save)
-    return buf.getvalue()
+def _media_root(settings: Any, _session_media_root: Path) -> None:
+    settings.MEDIA_ROOT = _session_media_root
 
 
 def make_user(username: str, hospital: str, role: str = "admin") -> Any:
@@ -94,16 +101,6 @@ def api(user: Any) -> Any:
 @pytest.fixture
 def other_api(other_user: Any) -> Any:
     return client_for(other_user)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def worker_env(db_name: str, **extra: str) -> dict[str, str]:

@@ -24,19 +24,18 @@ A chunk (one task, `INFERENCE_CHUNK_SIZE` images) is processed in batches of
    keeps the batches already stored; a repeat of the chunk claims only the rest. A result is
    stored with its heatmap or not at all: the heatmaps of batches not stored are deleted.
 
-The models are loaded once per worker process, after the fork (worker/signals.py), and kept
-in a module global; nothing here runs at import time.
+The models, the thread pool and the recorder belong to the process's `WorkerRuntime`
+(worker/runtime.py), created after the fork and passed in; nothing here runs at import time
+or keeps state between chunks. The worker hands its results to the processing service as
+plain records (`ResultRecord`), never as ORM rows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -44,35 +43,19 @@ from uuid import UUID
 import numpy as np
 import torch
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.db import close_old_connections, connections
+from django.core.files.storage import default_storage
+from django.db import close_old_connections
 
-from backend.config.sizing import torch_threads
 from backend.studies import services
-from backend.studies.models import Image, Result
+from backend.studies.services import ClaimedImage, ResultRecord
 from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
-from ml.predictor import Prediction, Predictor
+from ml.predictor import Prediction
 from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image, preprocess
 
-from .signals import pool_processes
-from .tuning import MemoryTrimmer, freeze_startup_objects, idle_priority, tune_allocator
+from .runtime import Models, WorkerRuntime
 
 logger = logging.getLogger(__name__)
-
-HEATMAP_NAME = "heatmap.png"
-
-
-@dataclass(frozen=True)
-class Models:
-    binary: Predictor
-    etiology: Predictor | None
-    device: torch.device
-    pid: int
-
-    @property
-    def max_input_size(self) -> int:
-        return max(p.input_size for p in (self.binary, self.etiology) if p is not None)
 
 
 @dataclass(frozen=True)
@@ -84,139 +67,19 @@ class ChunkReport:
     stages: dict[str, float] | None = None  # seconds per step: claim, prepare, forward, ...
 
 
-_models: Models | None = None
-_executor: ThreadPoolExecutor | None = None
-_recorder: ThreadPoolExecutor | None = None
-_lock = threading.Lock()
-_trimmer = MemoryTrimmer()
-
-
-def loaded_models() -> Models | None:
-    """The models of this process, or None when they were never loaded here."""
-    return _models
-
-
-def select_device() -> torch.device:
-    choice = settings.INFERENCE_DEVICE
-    if choice == "auto":
-        # Only ever called in a pool process (after the fork), never in a worker's parent.
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
-def _cpu_threads() -> int:
-    return torch_threads(settings.INFERENCE_TORCH_THREADS, processes=pool_processes())
-
-
-def load_models() -> Models:
-    """Load the models once per worker process (never in the parent before a fork)."""
-    global _models
-    with _lock:
-        if _models is not None and _models.pid == os.getpid():
-            return _models
-        started = time.perf_counter()
-        tune_allocator()
-        device = select_device()
-        if device.type == "cpu":
-            # ml.predictor reads this: the cores shared out between the pool processes, unless
-            # INFERENCE_TORCH_THREADS (or PNEUMO_TORCH_THREADS itself) says otherwise.
-            if settings.INFERENCE_TORCH_THREADS or not os.environ.get("PNEUMO_TORCH_THREADS"):
-                os.environ["PNEUMO_TORCH_THREADS"] = str(_cpu_threads())
-        else:
-            torch.backends.cudnn.benchmark = True
-        binary = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_BINARY, device=device)
-        etiology = None
-        if os.path.exists(settings.MODEL_CHECKPOINT_ETIOLOGY):
-            etiology = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_ETIOLOGY,
-                                                 device=device)
-        else:
-            logger.warning("No etiology checkpoint at %s", settings.MODEL_CHECKPOINT_ETIOLOGY)
-        models = Models(binary=binary, etiology=etiology, device=device, pid=os.getpid())
-        _warm_up(models)
-        _models = models
-        freeze_startup_objects()
-        logger.info(
-            "Loaded %s %s%s on %s (%d threads) in process %d in %.1f s",
-            binary.name, binary.version,
-            f" and {etiology.name} {etiology.version}" if etiology else "",
-            device, torch.get_num_threads(), os.getpid(), time.perf_counter() - started,
-        )
-        return models
-
-
-def _warm_up(models: Models) -> None:
-    """One dummy batch, so the first real image does not pay for lazy initialisation."""
-    for predictor, cam in ((models.binary, True), (models.etiology, False)):
-        if predictor is None:
-            continue
-        x = torch.zeros(2, predictor.channels, predictor.input_size, predictor.input_size)
-        _forward(models, predictor, x, with_cam=cam)
-
-
-def io_threads_idle(device: torch.device) -> bool:
-    """Whether the pool threads run at idle CPU priority (INFERENCE_IO_PRIORITY).
-
-    "auto": only on a CPU worker with a single pool process. With several, the other
-    processes' forward passes keep every core busy, and idle threads starved: a chunk waited
-    up to 0.4 s for its decoding (docs/benchmarks.md).
-    """
-    choice = settings.INFERENCE_IO_PRIORITY
-    return choice == "idle" or (choice == "auto" and device.type == "cpu"
-                                and pool_processes() == 1)
-
-
-def executor(device: torch.device | None = None) -> ThreadPoolExecutor:
-    """This process's I/O + decode thread pool (created lazily, so never before a fork)."""
-    global _executor
-    with _lock:
-        if _executor is None:
-            workers = settings.INFERENCE_IO_THREADS or os.cpu_count() or 1
-            idle = io_threads_idle(device or torch.device("cpu"))
-            _executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-io",
-                                           initializer=idle_priority if idle else None)
-        return _executor
-
-
-def recorder() -> ThreadPoolExecutor:
-    """This process's recorder: one thread that stores finished batches, in order.
-
-    Its own thread, not the I/O pool: a record waits for its batch's heatmaps, which run on
-    the pool, so it must never take a pool thread they need. It keeps one database connection
-    of its own (`close_recorder_connection` closes it).
-    """
-    global _recorder
-    with _lock:
-        if _recorder is None:
-            _recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-record")
-        return _recorder
-
-
-def close_recorder_connection() -> None:
-    """Close the recorder thread's database connection (tests, before the database is
-    dropped; a worker process simply exits)."""
-    if _recorder is not None:
-        _recorder.submit(connections.close_all).result()
-
-
-def _forward(models: Models, predictor: Predictor, batch: torch.Tensor,
-             with_cam: bool) -> list[Prediction]:
-    if models.device.type == "cuda":
-        batch = batch.pin_memory().to(models.device, non_blocking=True)
-        autocast: Any = torch.autocast("cuda", dtype=torch.float16)
-    else:
-        autocast = nullcontext()
-    with autocast:
-        return predictor.predict_tensors(batch, with_cam=with_cam)
-
-
 @dataclass
 class _Prepared:
-    image: Image
+    image: ClaimedImage
     binary_x: torch.Tensor
     etiology_x: torch.Tensor | None
 
 
-def _read_pixels(image: Image, models: Models) -> np.ndarray:
+def _read(name: str) -> np.ndarray:
+    with default_storage.open(name, "rb") as handle:
+        return decode_image(handle.read()).pixels
+
+
+def _read_pixels(image: ClaimedImage, models: Models) -> np.ndarray:
     """The image's pixels: from its working copy when it has one that serves the models.
 
     The copy was decoded from the original at upload; a DICOM or full-size radiograph then
@@ -224,16 +87,14 @@ def _read_pixels(image: Image, models: Models) -> np.ndarray:
     """
     if image.working_file and models.max_input_size <= WORKING_COPY_SIDE:
         try:
-            with image.working_file.open("rb") as handle:
-                return decode_image(handle.read()).pixels
+            return _read(image.working_file)
         except (ImageDecodeError, FileNotFoundError) as exc:
             logger.warning("Working copy of image %s unreadable (%s); reading the original",
                            image.id, exc)
-    with image.file.open("rb") as handle:
-        return decode_image(handle.read()).pixels
+    return _read(image.file)
 
 
-def _prepare(image: Image, models: Models) -> _Prepared | str:
+def _prepare(image: ClaimedImage, models: Models) -> _Prepared | str:
     """Read, decode and preprocess one image; a string is the reason it cannot be read."""
     try:
         pixels = _read_pixels(image, models)
@@ -250,21 +111,20 @@ def _prepare(image: Image, models: Models) -> _Prepared | str:
 
 
 def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
-            models: Models) -> Result:
-    """The image's Result from the binary model, its heatmap written to storage (thread pool).
+            models: Models) -> ResultRecord:
+    """The image's result from the binary model, its heatmap written to storage (thread pool).
 
     The etiology fields and the inference time are filled in once the batch is through
     (`_Rendering.completed`).
     """
-    result = Result(
-        image=item.image, label=pred.label, probabilities=pred.probabilities,
+    return ResultRecord(
+        image_id=item.image.id, label=pred.label, probabilities=pred.probabilities,
         score=pred.score, threshold=pred.threshold, model_name=models.binary.name,
         model_version=models.binary.version,
         bbox=list(pred.bbox) if pred.bbox else None,
+        heatmap=(services.heatmap_save(image=item.image, png=levels_png(heat))
+                 if heat is not None else ""),
     )
-    if heat is not None:
-        result.heatmap.save(HEATMAP_NAME, ContentFile(levels_png(heat)), save=False)
-    return result
 
 
 class _Stages:
@@ -282,11 +142,11 @@ class _Stages:
 
 @dataclass
 class _Rendering:
-    result: Future[Result]
+    result: Future[ResultRecord]
     etiology: Prediction | None
     inference_ms: float
 
-    def completed(self) -> Result:
+    def completed(self) -> ResultRecord:
         result = self.result.result()
         if self.etiology is not None:
             result.etiology_label = self.etiology.label
@@ -300,8 +160,8 @@ def _batch_results(
 ) -> list[_Rendering]:
     """One batch through both models; heatmaps are rendered while the etiology pass runs."""
     forward_started = time.perf_counter()
-    preds = _forward(models, models.binary,
-                     torch.stack([p.binary_x for p in prepared]), with_cam=True)
+    preds = models.forward(models.binary, torch.stack([p.binary_x for p in prepared]),
+                           with_cam=True)
     heats: list[np.ndarray | None] = [None] * len(preds)
     if all(pred.heatmap is not None for pred in preds):
         heats = list(heatmap_levels(np.stack([pred.heatmap for pred in preds])))
@@ -309,9 +169,9 @@ def _batch_results(
                  for item, pred, heat in zip(prepared, preds, heats, strict=True)]
     etios: list[Prediction | None] = [None] * len(prepared)
     if models.etiology is not None:
-        etios = list(_forward(models, models.etiology,
-                              torch.stack([p.etiology_x for p in prepared]),  # type: ignore[misc]
-                              with_cam=False))
+        etios = list(models.forward(models.etiology,
+                                    torch.stack([p.etiology_x for p in prepared]),  # type: ignore[misc]
+                                    with_cam=False))
     per_image_ms = (time.perf_counter() - forward_started) * 1000 / len(prepared)
     return [_Rendering(future, etio, per_image_ms)
             for future, etio in zip(rendering, etios, strict=True)]
@@ -363,17 +223,15 @@ def _discard_heatmaps(renderings: list[_Rendering]) -> None:
     for rendering in renderings:
         future = rendering.result
         if future.done() and not future.cancelled() and future.exception() is None:
-            result = future.result()
-            if result.heatmap:
-                with contextlib.suppress(Exception):  # best effort: storage may be down
-                    result.heatmap.delete(save=False)
+            with contextlib.suppress(Exception):  # best effort: storage may be down
+                services.heatmaps_delete(names=[future.result().heatmap])
 
 
-def run_chunk(image_ids: list[str]) -> ChunkReport:
+def run_chunk(runtime: WorkerRuntime, image_ids: list[str]) -> ChunkReport:
     """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing."""
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
-        models = load_models()
+        models = runtime.models()
     except (CheckpointError, FileNotFoundError) as exc:
         logger.error("No model: %s", exc)
         failed = services.images_fail_many(image_ids=image_ids,
@@ -384,18 +242,18 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     claim = services.chunk_claim(image_ids=image_ids,
                                  max_attempts=settings.INFERENCE_MAX_ATTEMPTS)
     stages.lap("claim")
-    pool = executor(models.device)
+    pool = runtime.io_pool(models.device)
+    recorder = runtime.recorder()
     size = max(1, settings.INFERENCE_BATCH_SIZE)
     batches = [claim.images[i:i + size] for i in range(0, len(claim.images), size)]
     failed = 0
     pending: list[Future[Any]] = []
     records: list[_Record] = []
 
-    def decode(batch: list[Image]) -> list[Future[_Prepared | str]]:
+    def decode(batch: list[ClaimedImage]) -> list[Future[_Prepared | str]]:
         futures = [pool.submit(_prepare, image, models) for image in batch]
         pending.extend(futures)
         return futures
-
     try:
         decoding = decode(batches[0]) if batches else []
         for index, batch in enumerate(batches):
@@ -416,7 +274,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
             pending.extend(r.result for r in rendered)
             record = _Record(rendered)
             records.append(record)
-            record.future = recorder().submit(_record_batch, record, failures)
+            record.future = recorder.submit(_record_batch, record, failures)
             stages.lap("forward")
         done = sum(record.future.result() for record in records)
         stages.lap("record")
@@ -429,7 +287,7 @@ def run_chunk(image_ids: list[str]) -> ChunkReport:
     report = ChunkReport(done=done, failed=failed + len(claim.given_up),
                          skipped=skipped, seconds=time.perf_counter() - started,
                          stages=stages.seconds)
-    _trimmer.processed(len(image_ids))
+    runtime.trimmer.processed(len(image_ids))
     logger.info("Chunk of %d: %d done, %d failed, %d skipped in %.3f s, CPU %.3f s (%s)",
                 len(image_ids), report.done, report.failed, report.skipped, report.seconds,
                 time.process_time() - cpu_started,

@@ -2,7 +2,8 @@
 
 Trap avoided: CUDA cannot be re-initialised in a forked child, and a model loaded in the parent
 would either break CUDA or be copied into every child. The parent (`worker_init`) only notes
-which queues it serves; each pool process (`worker_process_init`) loads the model itself.
+which queues it serves; each pool process (`worker_process_init`) creates its WorkerRuntime
+(worker/runtime.py) and loads the model itself.
 A GPU worker runs one pool process (one CUDA context; batching keeps the GPU busy). A CPU worker
 runs one per core by default (INFERENCE_PROCESSES), each with its own copy of the small models
 and its share of the cores as torch threads: while one process decodes, writes heatmaps or
@@ -45,16 +46,21 @@ def _note_queues(sender: object = None, **kwargs: object) -> None:
 
 
 @signals.worker_process_init.connect
-def _preload_models(**kwargs: object) -> None:
-    """In each pool process, after the fork: load the models once, so a task never waits."""
+def _start_runtime(**kwargs: object) -> None:
+    """In each pool process, after the fork: this process's WorkerRuntime, its models loaded
+    at once, so a task never waits."""
     from django.conf import settings
 
-    if not _serves_inference or not settings.INFERENCE_PRELOAD:
+    if not _serves_inference:
         return
-    from . import inference
+    from .runtime import WorkerRuntime, install
 
+    runtime = WorkerRuntime(pool_processes=_pool_processes)
+    install(runtime)
+    if not settings.INFERENCE_PRELOAD:
+        return
     try:
-        inference.load_models()
+        runtime.models()
     except Exception:
         # The worker stays up; each task reports the problem in its images' failure reason.
         logger.exception("Could not load the models in worker process %s", os.getpid())

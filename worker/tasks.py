@@ -67,9 +67,10 @@ def _record_failure(image_ids: list[str], reason: str) -> None:
 def infer_images(self, image_ids: list[str]) -> dict[str, int]:
     """Classify a chunk of images; finished images are skipped, so a repeat is harmless."""
     from . import inference  # torch is imported in the pool process only
+    from .runtime import process_runtime
 
     try:
-        report = inference.run_chunk(image_ids)
+        report = inference.run_chunk(process_runtime(), image_ids)
     except SoftTimeLimitExceeded:
         limit = self.request.timelimit[1] if self.request.timelimit else None
         limit = limit or settings.CELERY_TASK_SOFT_TIME_LIMIT

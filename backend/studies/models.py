@@ -27,8 +27,14 @@ def _working_copy_path(instance: Image, filename: str) -> str:
     return working_copy_storage_name(instance.study_id)
 
 
+def heatmap_storage_name(*, study_id: uuid.UUID, image_id: uuid.UUID,
+                         filename: str = "heatmap.png") -> str:
+    return f"studies/{study_id}/heatmaps/{image_id}-{filename}"
+
+
 def _heatmap_path(instance: Result, filename: str) -> str:
-    return f"studies/{instance.image.study_id}/heatmaps/{instance.image_id}-{filename}"
+    return heatmap_storage_name(study_id=instance.image.study_id, image_id=instance.image_id,
+                                filename=filename)
 
 
 class Study(models.Model):

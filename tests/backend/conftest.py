@@ -28,9 +28,9 @@ def _clear_throttles() -> Iterator[None]:
 def no_broker(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """Web-only tests: record what would be sent to Celery instead of sending it."""
     sent: dict[str, list[Any]] = {"enqueue": [], "webhook": []}
-    monkeypatch.setattr("backend.studies.services.study_enqueue",
+    monkeypatch.setattr("backend.studies.services.lifecycle.study_enqueue",
                         lambda *, study_id: sent["enqueue"].append(study_id))
-    monkeypatch.setattr("backend.studies.services.webhook_enqueue",
+    monkeypatch.setattr("backend.studies.services.lifecycle.webhook_enqueue",
                         lambda *, study_id: sent["webhook"].append(study_id))
     return sent
 

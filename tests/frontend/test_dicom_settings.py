@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_user, wait_for
+from support import wait_for
+from tests.conftest import make_user
 from tests.frontend.conftest import screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -10,27 +10,25 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TEST_REDIS_URL, stop_process, wait_for, worker_env
+from tests.conftest import (
+    REPO_ROOT,
+    TEST_REDIS_URL,
+    free_port,
+    stop_process,
+    wait_for,
+    worker_env,
+)
 
 FINAL = ("done", "failed", "done_with_errors", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -53,18 +51,37 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_model(settings: Any, tiny_checkpoint: Path) -> Iterator[None]:
-    """Run worker.inference in this process with the tiny model, on one thread."""
-    from worker import inference
+def batch_stored(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set each time the worker's recorder has stored a batch (tests wait on it)."""
+    from backend.studies import services
+
+    stored = threading.Event()
+    record = services.results_record_many
+
+    def recording(**kwargs: Any) -> int:
+        count = record(**kwargs)
+        stored.set()
+        return count
+
+    monkeypatch.setattr(services, "results_record_many", recording)
+    return stored
+
+
+@pytest.fixture
+def runtime(settings: Any, tiny_checkpoint: Path) -> Iterator[Any]:
+    """A WorkerRuntime with the tiny model, run in this process on one thread; also the
+    process's runtime, for tasks applied here."""
+    from worker.runtime import WorkerRuntime, install
 
     settings.MODEL_CHECKPOINT_BINARY = str(tiny_checkpoint)
     settings.MODEL_CHECKPOINT_ETIOLOGY = str(tiny_checkpoint.parent / "absent.pt")
-    inference._models = None
-    yield
-    inference._models = None
+    runtime = WorkerRuntime()
+    install(runtime)
+    yield runtime
+    install(None)
     # The recorder thread's connection would keep the test database from being dropped.
-    inference.close_recorder_connection()
-    gc.unfreeze()  # load_models froze this test process's objects: give them back to the GC
+    runtime.close()
+    gc.unfreeze()  # loading the models froze this test process's objects: give them back
 
 
 def small_pngs(n: int, size: int = 96, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -234,13 +251,13 @@ def _pings(client: Any) -> bool:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    directory = Path(tempfile.mkdtemp(prefix="pneumo-redis-"))
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    directory = tmp_path / "redis"
+    directory.mkdir()
     server = RedisServer(directory)
     server.start()
     yield server
     server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 class TcpProxy:
@@ -317,10 +334,6 @@ def pg_proxy() -> Iterator[TcpProxy]:
 
 def proxied_database_url(proxy: TcpProxy, db_name: str) -> str:
     return f"postgres://postgres@127.0.0.1:{proxy.port}/{db_name}"
-
-
-def sleep_until(deadline: float) -> None:
-    time.sleep(max(0.0, deadline - time.monotonic()))
 
 
 @pytest.fixture(scope="session")

@@ -80,8 +80,8 @@ def test_importing_tasks_neither_initialises_cuda_nor_loads_the_model() -> None:
         signals._note_queues(sender=WORKER)
         assert signals.serves_inference()
         import torch
-        from worker import inference
-        assert inference.loaded_models() is None
+        from worker.runtime import process_runtime
+        assert process_runtime().loaded_models is None
         assert not torch.cuda.is_initialized()
         print("ok")
     """).replace("WORKER", "type('W', (), {'app': app})()")
@@ -94,20 +94,22 @@ def test_importing_tasks_neither_initialises_cuda_nor_loads_the_model() -> None:
 
 def test_only_inference_workers_preload(monkeypatch: Any) -> None:
     from worker import signals
+    from worker.runtime import install
 
     loaded = []
-    monkeypatch.setattr("worker.inference.load_models", lambda: loaded.append(1))
+    monkeypatch.setattr("worker.runtime.load_models", lambda **kwargs: loaded.append(1))
     queues = SimpleNamespace(consume_from={"default": object()})
     signals._note_queues(sender=SimpleNamespace(app=SimpleNamespace(
         amqp=SimpleNamespace(queues=queues))))
-    signals._preload_models()
+    signals._start_runtime()
     assert loaded == []
     queues.consume_from["inference"] = object()
     signals._note_queues(sender=SimpleNamespace(app=SimpleNamespace(
         amqp=SimpleNamespace(queues=queues))))
-    signals._preload_models()
+    signals._start_runtime()
     assert loaded == [1]
     signals._serves_inference = False
+    install(None)
 
 
 def test_tests_send_to_their_own_redis_database() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 
 def test_chunk_records_one_result_per_image_with_heatmap(
-    tiny_model: None, api: Any, sent: list[dict]
+    runtime: Any, api: Any, sent: list[dict]
 ) -> None:
     from backend.studies.models import Result
     from worker.inference import run_chunk
@@ -33,7 +33,7 @@ def test_chunk_records_one_result_per_image_with_heatmap(
     study = upload_files(api, small_pngs(5))
     ids = [i for call in sent for i in call["args"][0]]
     assert len(ids) == 5
-    report = run_chunk(ids)
+    report = run_chunk(runtime, ids)
     assert (report.done, report.failed, report.skipped) == (5, 0, 0)
     state = study_state(study["id"])
     assert state["status"] == "done" and state["results"] == 5
@@ -45,16 +45,15 @@ def test_chunk_records_one_result_per_image_with_heatmap(
 
 
 def test_start_up_objects_are_frozen_out_of_the_collector_and_new_garbage_is_collected(
-    tiny_model: None,
+    runtime: Any,
 ) -> None:
     import gc
     import weakref
 
-    from worker import inference
 
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
-    inference.load_models()
+    runtime.models()
     # Django, torch and the models: full collections no longer walk them.
     assert gc.get_freeze_count() > 10_000
 
@@ -70,11 +69,12 @@ def test_start_up_objects_are_frozen_out_of_the_collector_and_new_garbage_is_col
 
 
 def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
-    tiny_model: None, api: Any, sent: list[dict], settings: Any,
+    runtime: Any, api: Any, sent: list[dict], settings: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from backend.studies.models import Image, Result
     from worker import inference
+    from worker.runtime import Models
 
     study = upload_files(api, small_pngs(7))
     ids = [i for call in sent for i in call["args"][0]]
@@ -82,14 +82,14 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
     broken = images[4]  # claimed in id order: the second batch of three
     with broken.file.storage.open(broken.file.name, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
-    inference.load_models()  # its warm-up pass is not part of the chunk
+    runtime.models()  # its warm-up pass is not part of the chunk
     batch_sizes: list[int] = []
-    forward = inference._forward
-    monkeypatch.setattr(inference, "_forward", lambda models, predictor, x, with_cam: (
+    forward = Models.forward
+    monkeypatch.setattr(Models, "forward", lambda models, predictor, x, with_cam: (
         batch_sizes.append(len(x)) or forward(models, predictor, x, with_cam)))
 
     settings.INFERENCE_BATCH_SIZE = 3
-    report = inference.run_chunk(ids)
+    report = inference.run_chunk(runtime, ids)
     assert (report.done, report.failed, report.skipped) == (6, 1, 0)
     assert batch_sizes == [3, 2, 1]  # the corrupt image left its batch alone
     assert set(report.stages or {}) == {"claim", "prepare", "forward", "record"}
@@ -102,7 +102,7 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
     Image.objects.update(status="queued", attempts=0, error="", finished_at=None)
     batch_sizes.clear()
     settings.INFERENCE_BATCH_SIZE = 100
-    inference.run_chunk(ids)
+    inference.run_chunk(runtime, ids)
     assert batch_sizes == [6]
     single = {r.image_id: (r.label, r.score, r.bbox) for r in Result.objects.all()}
     assert single.keys() == pipelined.keys()
@@ -113,7 +113,7 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
 
 
 def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
-    tiny_model: None, api: Any, sent: list[dict], settings: Any,
+    runtime: Any, api: Any, sent: list[dict], settings: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Results are stored batch by batch: when the store fails in the second batch, the first
@@ -138,7 +138,7 @@ def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
 
     monkeypatch.setattr(inference, "levels_png", storage_goes_down)
     with pytest.raises(ConnectionError):
-        inference.run_chunk(ids)
+        inference.run_chunk(runtime, ids)
     first = list(Result.objects.select_related("image"))
     assert len(first) == 2
     assert all(r.heatmap and default_storage.exists(r.heatmap.name) for r in first)
@@ -148,55 +148,57 @@ def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
     assert sorted(default_storage.listdir(folder)[1]) == sorted(
         r.heatmap.name.rsplit("/", 1)[1] for r in first)  # the second batch's file went
     monkeypatch.undo()
-    retry = inference.run_chunk(ids)
+    retry = inference.run_chunk(runtime, ids)
     assert (retry.done, retry.skipped) == (3, 2)  # only the rest is classified again
     assert Result.objects.count() == 5
     assert set(Image.objects.values_list("status", flat=True)) == {"done"}
 
 
 def test_results_appear_batch_by_batch(
-    tiny_model: None, api: Any, sent: list[dict], settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: Any, api: Any, sent: list[dict], settings: Any,
+    monkeypatch: pytest.MonkeyPatch, batch_stored: threading.Event,
 ) -> None:
     """While the second batch is in the forward pass, the first batch is already stored."""
     from backend.studies.models import Result
     from worker import inference
+    from worker.runtime import Models
 
     upload_files(api, small_pngs(4))
     ids = [i for call in sent for i in call["args"][0]]
     settings.INFERENCE_BATCH_SIZE = 2
-    inference.load_models()
+    runtime.models()
     stored_at_forward: list[int] = []
-    forward = inference._forward
+    forward = Models.forward
 
     def watching(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
         if with_cam:  # the binary pass of each batch
-            time.sleep(0.3)  # room for the recorder to store the batch before
+            if stored_at_forward:  # the recorder stores the batch before, meanwhile
+                batch_stored.wait(timeout=30)
             stored_at_forward.append(Result.objects.count())
         return forward(models, predictor, x, with_cam)
 
-    monkeypatch.setattr(inference, "_forward", watching)
-    assert inference.run_chunk(ids).done == 4
+    monkeypatch.setattr(Models, "forward", watching)
+    assert inference.run_chunk(runtime, ids).done == 4
     assert stored_at_forward == [0, 2]
 
 
-def test_repeated_chunk_changes_nothing(tiny_model: None, api: Any, sent: list[dict]) -> None:
+def test_repeated_chunk_changes_nothing(runtime: Any, api: Any, sent: list[dict]) -> None:
     from backend.studies.models import Image, Result
     from worker.inference import run_chunk
 
     upload_files(api, small_pngs(4))
     ids = [i for call in sent for i in call["args"][0]]
-    run_chunk(ids)
+    run_chunk(runtime, ids)
     before = list(Image.objects.order_by("id").values_list("id", "status", "attempts",
                                                           "finished_at"))
-    report = run_chunk(ids)  # a redelivery of the same message
+    report = run_chunk(runtime, ids)  # a redelivery of the same message
     assert (report.done, report.skipped) == (0, 4)
     assert Result.objects.count() == 4
     assert list(Image.objects.order_by("id").values_list("id", "status", "attempts",
                                                          "finished_at")) == before
 
 
-def test_late_duplicate_result_is_dropped(tiny_model: None, api: Any, sent: list[dict]) -> None:
+def test_late_duplicate_result_is_dropped(runtime: Any, api: Any, sent: list[dict]) -> None:
     """Two deliveries racing: the second one's results and heatmaps are discarded."""
     from backend.studies import services
     from backend.studies.models import Image, Result
@@ -204,16 +206,16 @@ def test_late_duplicate_result_is_dropped(tiny_model: None, api: Any, sent: list
 
     upload_files(api, small_pngs(2))
     ids = [i for call in sent for i in call["args"][0]]
-    models = inference.load_models()
+    models = runtime.models()
     claim = services.chunk_claim(image_ids=ids, max_attempts=5)
     prepared = [inference._prepare(im, models) for im in claim.images]
-    preds = inference._forward(models, models.binary,
-                               __import__("torch").stack([p.binary_x for p in prepared]), True)
+    preds = models.forward(models.binary,
+                           __import__("torch").stack([p.binary_x for p in prepared]), True)
     late = [inference._render(p, q, inference.heatmap_levels(q.heatmap[None])[0], models)
             for p, q in zip(prepared, preds, strict=True)]
-    inference.run_chunk(ids)  # the other delivery finishes first
+    inference.run_chunk(runtime, ids)  # the other delivery finishes first
     first = {r.image_id: r.heatmap.name for r in Result.objects.all()}
-    late_files = [r.heatmap.name for r in late]
+    late_files = [r.heatmap for r in late]
     assert all(late_files)
     assert services.results_record_many(results=late) == 0
     assert Result.objects.count() == 2
@@ -224,7 +226,7 @@ def test_late_duplicate_result_is_dropped(tiny_model: None, api: Any, sent: list
 
 
 def test_corrupt_image_fails_alone_with_a_reason(
-    tiny_model: None, api: Any, sent: list[dict]
+    runtime: Any, api: Any, sent: list[dict]
 ) -> None:
     from backend.studies.models import Image
     from worker.inference import run_chunk
@@ -233,7 +235,7 @@ def test_corrupt_image_fails_alone_with_a_reason(
     broken = Image.objects.filter(study_id=study["id"]).order_by("original_name").first()
     with broken.file.storage.open(broken.file.name, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # truncated after upload
-    report = run_chunk([i for call in sent for i in call["args"][0]])
+    report = run_chunk(runtime, [i for call in sent for i in call["args"][0]])
     assert (report.done, report.failed) == (2, 1)
     broken.refresh_from_db()
     assert broken.status == "failed"
@@ -255,30 +257,30 @@ def _dicom_study(api: Any) -> tuple[dict, Any]:
 
 
 def test_dicom_is_read_from_its_working_copy(
-    tiny_model: None, api: Any, sent: list[dict]
+    runtime: Any, api: Any, sent: list[dict]
 ) -> None:
     from worker.inference import run_chunk
 
     study, image = _dicom_study(api)
     image.file.storage.delete(image.file.name)  # only the working copy can answer now
-    report = run_chunk([str(image.id)])
+    report = run_chunk(runtime, [str(image.id)])
     assert (report.done, report.failed) == (1, 0)
     assert study_state(study["id"])["status"] == "done"
 
 
 def test_unreadable_working_copy_falls_back_to_the_original(
-    tiny_model: None, api: Any, sent: list[dict]
+    runtime: Any, api: Any, sent: list[dict]
 ) -> None:
     from worker.inference import run_chunk
 
     _, image = _dicom_study(api)
     with image.working_file.storage.open(image.working_file.name, "wb") as fh:
         fh.write(b"\xff\xd8\xff" + b"\x00" * 32)  # a truncated JPEG
-    assert run_chunk([str(image.id)]).done == 1
+    assert run_chunk(runtime, [str(image.id)]).done == 1
 
 
 def test_preparing_claimed_images_makes_no_database_query(
-    tiny_model: None, api: Any, sent: list[dict], django_assert_num_queries: Any
+    runtime: Any, api: Any, sent: list[dict], django_assert_num_queries: Any
 ) -> None:
     """The pool threads read files only: a field left out of the claim would cost a query
     per image, on a thread-local connection that the retry after an outage never resets."""
@@ -288,7 +290,7 @@ def test_preparing_claimed_images_makes_no_database_query(
     _dicom_study(api)
     upload_files(api, small_pngs(2))
     ids = [i for call in sent for i in call["args"][0]]
-    models = inference.load_models()
+    models = runtime.models()
     claim = services.chunk_claim(image_ids=ids, max_attempts=5)
     assert len(claim.images) == 3
     with django_assert_num_queries(0):
@@ -297,20 +299,20 @@ def test_preparing_claimed_images_makes_no_database_query(
 
 
 def test_model_larger_than_the_working_copy_reads_the_original(
-    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+    runtime: Any, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from worker import inference
 
     _, image = _dicom_study(api)
     monkeypatch.setattr(inference, "WORKING_COPY_SIDE", 32)  # below the model's 64 px input
     image.file.storage.delete(image.file.name)
-    assert inference.run_chunk([str(image.id)]).failed == 1
+    assert inference.run_chunk(runtime, [str(image.id)]).failed == 1
     image.refresh_from_db()
     assert image.error == "Could not read the image: the stored file is missing."
 
 
 def test_image_claimed_too_often_is_failed_not_looped(
-    tiny_model: None, api: Any, sent: list[dict], settings: Any
+    runtime: Any, api: Any, sent: list[dict], settings: Any
 ) -> None:
     from backend.studies.models import Image
     from worker.inference import run_chunk
@@ -319,7 +321,7 @@ def test_image_claimed_too_often_is_failed_not_looped(
     study = upload_files(api, small_pngs(2))
     poison = Image.objects.filter(study_id=study["id"]).first()
     Image.objects.filter(id=poison.id).update(status="processing", attempts=3)
-    report = run_chunk([i for call in sent for i in call["args"][0]])
+    report = run_chunk(runtime, [i for call in sent for i in call["args"][0]])
     assert (report.done, report.failed) == (1, 1)
     poison.refresh_from_db()
     assert poison.status == "failed" and "Gave up after 3 attempts" in poison.error
@@ -358,7 +360,7 @@ def test_sweep_requeues_stuck_images_at_study_priority(
 
 
 def test_task_soft_time_limit_ends_in_recorded_failure(
-    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+    runtime: Any, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from celery.exceptions import SoftTimeLimitExceeded
 
@@ -368,7 +370,7 @@ def test_task_soft_time_limit_ends_in_recorded_failure(
     study = upload_files(api, small_pngs(2))
     ids = [i for call in sent for i in call["args"][0]]
 
-    def slow(image_ids: list[str]) -> None:
+    def slow(_runtime: Any, image_ids: list[str]) -> None:
         raise SoftTimeLimitExceeded()
 
     monkeypatch.setattr(inference, "run_chunk", slow)
@@ -379,8 +381,8 @@ def test_task_soft_time_limit_ends_in_recorded_failure(
 
 
 def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
-    tiny_model: None, api: Any, sent: list[dict], settings: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    runtime: Any, api: Any, sent: list[dict], settings: Any,
+    monkeypatch: pytest.MonkeyPatch, batch_stored: threading.Event,
 ) -> None:
     """The soft limit strikes in the second batch's forward pass: the first batch keeps its
     results and heatmaps, the rest fail as timed out, and no heatmap file is left over."""
@@ -388,23 +390,24 @@ def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
     from django.core.files.storage import default_storage
 
     from backend.studies.models import Image, Result
-    from worker import inference, tasks
+    from worker import tasks
+    from worker.runtime import Models
 
     study = upload_files(api, small_pngs(5))
     ids = [i for call in sent for i in call["args"][0]]
     settings.INFERENCE_BATCH_SIZE = 2
-    inference.load_models()
-    forward = inference._forward
+    runtime.models()
+    forward = Models.forward
     passes: list[int] = []
 
     def limit_in_second_batch(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
         passes.append(1)
         if len(passes) == 2:
-            time.sleep(0.3)  # the recorder stores the first batch meanwhile
+            batch_stored.wait(timeout=30)  # the recorder stores the first batch meanwhile
             raise SoftTimeLimitExceeded()
         return forward(models, predictor, x, with_cam)
 
-    monkeypatch.setattr(inference, "_forward", limit_in_second_batch)
+    monkeypatch.setattr(Models, "forward", limit_in_second_batch)
     tasks.infer_images.apply(args=[ids])
     statuses = sorted(Image.objects.values_list("status", flat=True))
     assert statuses == ["done"] * 2 + ["failed"] * 3
@@ -418,7 +421,7 @@ def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
 
 
 def test_task_retries_transient_errors_then_records_failure(
-    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+    runtime: Any, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from celery.exceptions import Retry
     from django.db import OperationalError
@@ -429,7 +432,7 @@ def test_task_retries_transient_errors_then_records_failure(
     upload_files(api, small_pngs(2))
     ids = [i for call in sent for i in call["args"][0]]
 
-    def down(image_ids: list[str]) -> None:
+    def down(_runtime: Any, image_ids: list[str]) -> None:
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(inference, "run_chunk", down)
@@ -458,11 +461,11 @@ def test_pool_threads_only_use_cpu_the_forward_pass_leaves_free(
 
     import torch
 
-    from worker import inference
+    from worker.runtime import WorkerRuntime
 
     settings.INFERENCE_IO_PRIORITY = choice
-    monkeypatch.setattr(inference, "_executor", None)
-    pool = inference.executor(torch.device("cpu"))
+    runtime = WorkerRuntime()
+    pool = runtime.io_pool(torch.device("cpu"))
     try:
         policy = pool.submit(os.sched_getscheduler, 0).result()
     finally:
@@ -470,14 +473,14 @@ def test_pool_threads_only_use_cpu_the_forward_pass_leaves_free(
     assert policy == (os.SCHED_IDLE if idle else os.SCHED_OTHER)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the forward pass keeps its priority
     # With a GPU the CPU work feeds the device: "auto" keeps normal priority there.
-    assert inference.io_threads_idle(torch.device("cuda")) is (choice == "idle")
+    assert runtime.io_threads_idle(torch.device("cuda")) is (choice == "idle")
     # Beside other pool processes, idle threads would starve: "auto" keeps normal priority.
-    monkeypatch.setattr(inference, "pool_processes", lambda: 2)
-    assert inference.io_threads_idle(torch.device("cpu")) is (choice == "idle")
+    runtime = WorkerRuntime(pool_processes=2)
+    assert runtime.io_threads_idle(torch.device("cpu")) is (choice == "idle")
 
 
 def test_recorder_reconnects_after_its_connection_broke(
-    tiny_model: None, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
+    runtime: Any, api: Any, sent: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The recorder thread's database connection dies (a database restart): that chunk fails
     with a database error, which the task retries, and the retry stores everything."""
@@ -490,17 +493,17 @@ def test_recorder_reconnects_after_its_connection_broke(
     # use, which would hide the broken one): only dropping it on the error saves the retry.
     monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 600)
     monkeypatch.setitem(connection.settings_dict, "CONN_HEALTH_CHECKS", False)
-    inference.close_recorder_connection()
+    runtime.close_recorder_connection()
     upload_files(api, small_pngs(2))
     first = [i for call in sent for i in call["args"][0]]
-    assert inference.run_chunk(first).done == 2
+    assert inference.run_chunk(runtime, first).done == 2
     # Behind Django's back, as a server restart would: Django still thinks it is open.
-    inference.recorder().submit(lambda: connection.connection.close()).result()
+    runtime.recorder().submit(lambda: connection.connection.close()).result()
     sent.clear()
     upload_files(api, small_pngs(3, seed=1))
     second = [i for call in sent for i in call["args"][0]]
     with pytest.raises((InterfaceError, OperationalError)):
-        inference.run_chunk(second)
+        inference.run_chunk(runtime, second)
     assert Result.objects.count() == 2
-    assert inference.run_chunk(second).done == 3  # what the task's retry does
+    assert inference.run_chunk(runtime, second).done == 3  # what the task's retry does
     assert Result.objects.count() == 5

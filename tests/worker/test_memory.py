@@ -8,12 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+from support import rss_mb
 
 
 @pytest.mark.parametrize("arch", ["pneumonet_small", "mobilenet_v3_small"])  # CAM, Grad-CAM
@@ -24,7 +19,7 @@ def test_forward_with_cam_and_overlay_do_not_leak(arch: str, tmp_path: Path) -> 
     from ml.checkpoint import save_checkpoint
     from ml.models import arch_channels, build_model
     from ml.predictor import Predictor
-    from worker.inference import Models, _forward
+    from worker.runtime import Models
 
     torch.manual_seed(0)
     channels = arch_channels(arch)
@@ -43,7 +38,7 @@ def test_forward_with_cam_and_overlay_do_not_leak(arch: str, tmp_path: Path) -> 
 
     def run(n: int) -> None:
         for _ in range(n):
-            for pred in _forward(models, predictor, batch, with_cam=True):
+            for pred in models.forward(predictor, batch, with_cam=True):
                 assert pred.heatmap is not None
                 overlay_png(pixels, pred.heatmap, fmt="jpeg")
 
@@ -62,13 +57,13 @@ def test_cuda_forward_uses_mixed_precision_and_matches_cpu(tiny_checkpoint: Path
     import torch
 
     from ml.predictor import Predictor
-    from worker.inference import Models, _forward
+    from worker.runtime import Models
 
     batch = torch.randn(4, 1, 64, 64)
     cpu = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
     gpu = Predictor.from_checkpoint(tiny_checkpoint, device="cuda")
-    cpu_preds = _forward(Models(cpu, None, torch.device("cpu"), 0), cpu, batch, True)
-    gpu_preds = _forward(Models(gpu, None, torch.device("cuda"), 0), gpu, batch, True)
+    cpu_preds = Models(cpu, None, torch.device("cpu"), 0).forward(cpu, batch, True)
+    gpu_preds = Models(gpu, None, torch.device("cuda"), 0).forward(gpu, batch, True)
     for a, b in zip(cpu_preds, gpu_preds, strict=True):
         assert abs(a.score - b.score) < 2e-2  # fp16 autocast
         assert b.heatmap is not None and b.heatmap.shape == (64, 64)

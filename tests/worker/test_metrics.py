@@ -24,7 +24,7 @@ def scrape(client: Any, **headers: str) -> dict[str, dict]:
 
 
 def test_metrics_follow_the_work(
-    tiny_model: None, api: Any, client: Any, broker: str, settings: Any
+    runtime: Any, api: Any, client: Any, broker: str, settings: Any
 ) -> None:
     from worker.inference import run_chunk
 
@@ -42,7 +42,7 @@ def test_metrics_follow_the_work(
     broken = Image.objects.get(id=ids[0])
     with broken.file.storage.open(broken.file.name, "wb") as fh:
         fh.write(b"not an image")
-    run_chunk(ids)
+    run_chunk(runtime, ids)
     after = scrape(client)
     assert after["pneumoscan_images_processed_total"][()] == 4
     assert after["pneumoscan_image_failures_total"][()] == 1

@@ -1,7 +1,10 @@
 """Test runs: a real PostgreSQL by default (override with DATABASE_URL), fast hashing."""
 
+import tempfile
+from pathlib import Path
+
 from .base import *  # noqa: F403
-from .base import REPO_ROOT, SECRET_KEY, STORAGES, env
+from .base import SECRET_KEY, STORAGES, env
 
 SECRET_KEY = SECRET_KEY or "test-key-not-secret"
 DEBUG = False
@@ -10,7 +13,10 @@ DATABASES = {
         "DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/pneumoscan"
     )
 }
-MEDIA_ROOT = REPO_ROOT / "var" / "test-media"
+# The test run's own media folder under pytest's temporary directory (tests/conftest.py sets
+# TEST_MEDIA_ROOT for the worker processes it starts).
+MEDIA_ROOT = Path(env.str("TEST_MEDIA_ROOT",
+                          default=str(Path(tempfile.gettempdir()) / "pneumoscan-test-media")))
 # Argon2 is deliberately slow; tests only need a correct hasher.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # The default storage follows STORAGE_BACKEND (filesystem unless a test runs the S3 path).

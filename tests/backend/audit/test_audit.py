@@ -19,7 +19,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("backend.studies.services.study_enqueue", lambda *, study_id: None)
+    monkeypatch.setattr("backend.studies.services.lifecycle.study_enqueue",
+                        lambda *, study_id: None)
 
 
 @pytest.fixture

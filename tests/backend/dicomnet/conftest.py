@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import DICOM_DIR, REPO_ROOT, stop_process, wait_for, worker_env
+from support import DICOM_DIR, REPO_ROOT, free_port, wait_for
+from tests.conftest import stop_process, worker_env
 from tests.worker.conftest import (  # noqa: F401  (fixtures re-exported)
     clean_redis,
     db_name,
-    free_port,
     tiny_checkpoint,
 )
 

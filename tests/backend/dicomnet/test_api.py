@@ -14,7 +14,8 @@ import pytest
 from django.core.files.base import ContentFile
 
 from backend.studies.models import Image, Result, Study
-from tests.conftest import DICOM_DIR, client_for, make_user
+from support import DICOM_DIR
+from tests.conftest import client_for, make_user
 
 CONFIG = {"calling_ae_titles": ["CR_ROOM_1", "PACS"],
           "destination": {"ae_title": "ORTHANC", "host": "pacs.local", "port": 4242},

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from tests.backend.studies.conftest import SECRET, Receiver, verify_like_a_receiver
 from tests.conftest import DICOM_DIR, wait_for
-
-from .test_webhooks import SECRET, Receiver, verify_like_a_receiver
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db
 def _no_broker(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     # These tests check the web side only; the queue path has its own end-to-end test.
     sent: list[Any] = []
-    monkeypatch.setattr("backend.studies.services.study_enqueue",
+    monkeypatch.setattr("backend.studies.services.lifecycle.study_enqueue",
                         lambda *, study_id: sent.append(study_id))
     return sent
 

@@ -292,7 +292,7 @@ def test_upload_decoded_several_files_at_once_gives_the_outcome_of_one_at_a_time
 
 
 def test_parallel_decoding_holds_a_bounded_number_of_files(settings: Any) -> None:
-    from backend.studies.services import _inspected
+    from backend.studies.services.uploads import _inspected
 
     settings.UPLOAD_DECODE_THREADS = 2
     pulled = 0

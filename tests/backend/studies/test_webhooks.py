@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,57 +11,9 @@ import pytest
 from backend.studies import webhooks
 from backend.studies.models import Study
 from backend.studies.services import images_fail_many, study_refresh_status
+from tests.backend.studies.conftest import SECRET, Receiver, verify_like_a_receiver
 
 pytestmark = pytest.mark.django_db
-SECRET = "hospital-shared-secret"
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 that records requests and answers with a set status."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"headers": dict(self.headers), "body": body})
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/pneumoscan"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def hooked(user: Any, receiver: Receiver) -> Any:
-    user.hospital.webhook_url = receiver.url
-    user.hospital.webhook_secret = SECRET
-    user.hospital.save()
-    return user
-
-
-def verify_like_a_receiver(headers: dict[str, str], body: bytes) -> bool:
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["X-PneumoScan-Signature"])
 
 
 def test_delivery_posts_a_signed_summary_the_receiver_can_verify(
