@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -164,83 +165,113 @@ def _header(data: bytes) -> Dataset | None:
 
 def received_study_close(*, received_study_id: int) -> Study | None:
     """Ingest a quiet study's new instances into its Study (created on first close), then
-    classify them like an uploaded study. Idempotent: instances are claimed under a lock.
+    classify them like an uploaded study.
 
-    An instance the decoder refuses becomes a failed image with the decoder's reason, so it
-    still gets a report saying it was not analysed.
+    The instances are decoded before any lock is taken, so the listener can go on storing
+    instances of the same study meanwhile; the images are then created in one short
+    transaction for the instances still not ingested (a concurrent close of the same study
+    decodes in vain but creates nothing twice). An instance the decoder refuses becomes a
+    failed image with the decoder's reason, so it still gets a report saying it was not
+    analysed.
     """
-    # Imported here: the decoder brings torch, which the listener process never needs.
     from backend.studies.services import study_enqueue, study_refresh_status
-    with transaction.atomic():
-        received = (ReceivedStudy.objects.select_for_update().select_related("hospital")
-                    .get(id=received_study_id))
-        pending = list(received.instances.filter(ingested=False).order_by("received_at", "id"))
-        if not pending:
-            return received.study
-        study = received.study
-        if study is None:
-            first = _header(pending[0].file.read()) or Dataset()
-            study = Study.objects.create(
-                hospital=received.hospital,
-                name=(str(first.get("StudyDescription", "")) or
-                      f"DICOM from {received.calling_ae_title}")[:200],
-                accession_number=str(first.get("AccessionNumber", ""))[:64],
-            )
-            received.study = study
-            received.save(update_fields=["study"])
-        existing = set(study.images.values_list("sha256", flat=True))
-        for instance in pending:
-            image = _image_from_instance(instance, study=study, existing=existing)
-            instance.ingested = True
-            instance.image = image
-            instance.save(update_fields=["ingested", "image"])
-        if study.status in (Study.Status.DONE, Study.Status.DONE_WITH_ERRORS,
-                            Study.Status.FAILED, Study.Status.CANCELLED):
-            study.finished_at = None
-            study.save(update_fields=["finished_at"])
-        study_id = study.id
-        transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+
+    pending = list(ReceivedInstance.objects.filter(received_study_id=received_study_id,
+                                                   ingested=False).order_by("received_at", "id"))
+    if not pending:
+        return ReceivedStudy.objects.get(id=received_study_id).study
+    prepared = [_prepare(instance) for instance in pending]
+    used: set[str] = set()
+    try:
+        with transaction.atomic():
+            received = (ReceivedStudy.objects.select_for_update().select_related("hospital")
+                        .get(id=received_study_id))
+            still = set(received.instances.filter(id__in=[i.id for i in pending],
+                                                  ingested=False).values_list("id", flat=True))
+            if not still:
+                return received.study
+            study = received.study or _study_for(received, prepared[0].header)
+            existing = set(study.images.values_list("sha256", flat=True))
+            for item in prepared:
+                if item.instance.id not in still:
+                    continue
+                image = None
+                if item.sha256 in existing:  # the same bytes under another SOP Instance UID
+                    item.instance.error = ("Identical to another instance of this study; "
+                                           "not classified twice.")
+                else:
+                    existing.add(item.sha256)
+                    image = Image.objects.create(study=study, **item.image_fields)
+                    used.add(item.working)
+                item.instance.ingested = True
+                item.instance.image = image
+                item.instance.save(update_fields=["ingested", "image", "error"])
+            if study.finished_at is not None:  # new images: the study runs again
+                study.finished_at = None
+                study.save(update_fields=["finished_at"])
+            study_id = study.id
+            transaction.on_commit(lambda: study_enqueue(study_id=study_id))
+    finally:
+        for item in prepared:  # working copies of instances another close took, or none
+            if item.working and item.working not in used:
+                default_storage.delete(item.working)
     study_refresh_status(study_id=study_id)
     return study
 
 
-def _image_from_instance(instance: ReceivedInstance, *, study: Study,
-                         existing: set[str]) -> Image | None:
+@dataclass
+class _Prepared:
+    instance: ReceivedInstance
+    sha256: str
+    header: Dataset
+    image_fields: dict[str, Any]
+    working: str = ""
+
+
+def _study_for(received: ReceivedStudy, header: Dataset) -> Study:
+    study = Study.objects.create(
+        hospital=received.hospital,
+        name=(str(header.get("StudyDescription", "")) or
+              f"DICOM from {received.calling_ae_title}")[:200],
+        accession_number=str(header.get("AccessionNumber", ""))[:64],
+    )
+    received.study = study
+    received.save(update_fields=["study"])
+    return study
+
+
+def _prepare(instance: ReceivedInstance) -> _Prepared:
+    """Decode one received instance as an upload is (no database writes)."""
+    from backend.studies.ingest import Rejection, inspect_file
+
     with instance.file.open("rb") as handle:
         data = handle.read()
     sha256 = hashlib.sha256(data).hexdigest()
-    if sha256 in existing:  # the same bytes under another SOP Instance UID
-        instance.error = "Identical to another instance of this study; not classified twice."
-        return None
-    existing.add(sha256)
-    from backend.studies.ingest import Rejection, inspect_file
-
+    header = _header(data) or Dataset()
     name = f"{instance.sop_instance_uid}.dcm"
+    common = {"file": instance.file.name, "original_name": name, "sha256": sha256,
+              "size_bytes": len(data)}
     inspected = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
                              working_copies=settings.WORKING_COPIES)
     if isinstance(inspected, Rejection):
         instance.error = inspected.reason
-        header = _header(data) or Dataset()
-        return Image.objects.create(
-            study=study, file=instance.file.name, original_name=name, sha256=sha256,
-            size_bytes=len(data), format="dicom", status=Image.Status.FAILED,
-            error=inspected.reason[:2000], finished_at=timezone.now(),
-            study_instance_uid=str(header.get("StudyInstanceUID", ""))[:64],
-            sop_instance_uid=instance.sop_instance_uid[:64],
-            modality=str(header.get("Modality", ""))[:16],
-        )
+        return _Prepared(instance, sha256, header, {
+            **common, "format": "dicom", "status": Image.Status.FAILED,
+            "error": inspected.reason[:2000], "finished_at": timezone.now(),
+            "study_instance_uid": str(header.get("StudyInstanceUID", ""))[:64],
+            "sop_instance_uid": instance.sop_instance_uid[:64],
+            "modality": str(header.get("Modality", ""))[:16],
+        })
     working = ""
     if inspected.working_copy:
-        from backend.studies.models import working_copy_storage_name
-
-        working = default_storage.save(working_copy_storage_name(study.id),
-                                       ContentFile(inspected.working_copy))
-    return Image.objects.create(
-        study=study, file=instance.file.name, working_file=working, original_name=name,
-        sha256=sha256, size_bytes=len(data), format=inspected.format,
-        width=inspected.width, height=inspected.height, flags=inspected.flags,
-        notes=inspected.notes, **inspected.fields,
-    )
+        working = default_storage.save(
+            f"dicom-in/{instance.received_study_id}/working/{uuid.uuid4().hex}.jpg",
+            ContentFile(inspected.working_copy))
+    return _Prepared(instance, sha256, header, {
+        **common, "working_file": working, "format": inspected.format,
+        "width": inspected.width, "height": inspected.height, "flags": inspected.flags,
+        "notes": inspected.notes, **inspected.fields,
+    }, working=working)
 
 
 # --- Results out --------------------------------------------------------------------------------
