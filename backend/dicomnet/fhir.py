@@ -80,6 +80,10 @@ def study_bundle(study: Study, images: list[Image]) -> dict[str, Any]:
                 *[_probability(f"{k}-probability", f"Probability of {k}", v)
                   for k, v in sorted(findings.etiology.items())],
             ]
+            if findings.scope_reason:
+                observation["note"].append({"text": "Outside the validated population: " +
+                                            objects.REASONS.get(findings.scope_reason,
+                                                                findings.scope_reason)})
         else:
             reason = findings.not_analysed_reason
             observation["dataAbsentReason"] = {

@@ -45,6 +45,7 @@ NO_UNITS = Code("1", "UCUM", "no units")
 PROBABILITY = Code("pneumonia-probability", SCHEME, "Calibrated probability of pneumonia")
 THRESHOLD = Code("pneumonia-threshold", SCHEME, "Decision threshold for pneumonia")
 NOT_ANALYSED_REASON = Code("not-analysed-reason", SCHEME, "Reason the image was not analysed")
+SCOPE_WARNING = Code("scope-warning", SCHEME, "Outside the validated population")
 ETIOLOGY_MEANINGS = {
     "bacterial": "Probability of bacterial pneumonia",
     "viral": "Probability of viral pneumonia",
@@ -77,7 +78,8 @@ class Findings:
     """What the classifier said about one image, as plain values.
 
     `pneumonia` is None when the image was not analysed; `not_analysed_reason` then says why
-    (a key of REASONS, or free text).
+    (a key of REASONS, or free text). `scope_reason` is set for an image analysed although out
+    of scope (a hospital in the scope gate's "warn" mode): the finding comes with the warning.
     """
 
     model_name: str
@@ -87,6 +89,7 @@ class Findings:
     threshold: float | None = None
     etiology: dict[str, float] = field(default_factory=dict)
     not_analysed_reason: str = ""
+    scope_reason: str = ""
 
     @property
     def analysed(self) -> bool:
@@ -145,6 +148,9 @@ def build_sr(source: Dataset, findings: Findings) -> hd.sr.ComprehensiveSR:
     if findings.analysed:
         evaluations.append(hd.sr.QualitativeEvaluation(
             name=PNEUMONIA, value=PRESENT if findings.pneumonia else ABSENT))
+        if findings.scope_reason:
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                name=SCOPE_WARNING, value=_reason_code(findings.scope_reason)))
         values = [(PROBABILITY, findings.probability), (THRESHOLD, findings.threshold)]
         values += [(Code(f"{label}-probability", SCHEME,
                          ETIOLOGY_MEANINGS.get(label, f"Probability of {label}")), p)

@@ -293,16 +293,19 @@ def image_findings(image: Image) -> objects.Findings:
                   "cancelled": "cancelled"}.get(image.status, "failed")
         return objects.Findings(model_name=name, model_version=version,
                                 not_analysed_reason=reason)
-    scope = getattr(result, "scope", "") or "in_scope"
-    if scope == "out_of_scope" or result.label not in ("normal", "pneumonia"):
+    # Out of scope: the label is withheld ("enforce"), or kept with a warning ("warn").
+    out_of_scope = (getattr(result, "scope", "") or "in_scope") == "out_of_scope"
+    reason = (getattr(result, "scope_reason", "") or "out_of_scope") if out_of_scope else ""
+    if result.label not in ("normal", "pneumonia") or result.score is None:
         return objects.Findings(
             model_name=result.model_name, model_version=result.model_version,
-            not_analysed_reason=getattr(result, "scope_reason", "") or "out_of_scope")
+            not_analysed_reason=reason or "out_of_scope")
     return objects.Findings(
         model_name=result.model_name, model_version=result.model_version,
         pneumonia=result.label == "pneumonia", probability=float(result.score),
         threshold=float(result.threshold),
         etiology={k: float(v) for k, v in (result.etiology_probabilities or {}).items()},
+        scope_reason=reason,
     )
 
 
