@@ -75,6 +75,14 @@ def dicom_config_update(
         audit_record(action=CONFIG_UPDATED, user=user, request=request,
                      object_type="hospital", object_id=hospital.id,
                      detail={"before": before, "after": after})
+        if after["destination"] != before["destination"] or (
+                after["dicomweb_url"] != before["dicomweb_url"]):
+            # Results that found no destination (or a wrong one) go to the new one.
+            waiting = list(DicomOutput.objects.filter(image__study__hospital=hospital)
+                           .exclude(state=DicomOutput.State.SENT)
+                           .values_list("image__study_id", flat=True).distinct())
+            transaction.on_commit(lambda: [study_outputs_enqueue(study_id=study_id)
+                                           for study_id in waiting])
     return config
 
 
@@ -365,66 +373,81 @@ def study_outputs_enqueue(*, study_id: UUID) -> None:
         logger.exception("Could not queue the DICOM delivery of study %s", study_id)
 
 
+# Objects built and sent per association: a heatmap is ~3 MB in memory, a study may be large.
+DELIVERY_BATCH = 16
+
+
 def study_outputs_deliver(*, study_id: UUID) -> dict[str, int]:
     """Build the results of the study's finished images and send those not yet sent.
 
-    One SR per finished image and one heatmap per classified image. UIDs are deterministic,
-    so a repeat (redelivered task, study closed again with new instances) sends nothing twice.
-    Raises delivery.DestinationUnreachable when the destination is unreachable (the caller retries).
+    One SR per finished image and one heatmap per classified image, DELIVERY_BATCH objects per
+    association. UIDs are deterministic, so a repeat (redelivered task, study closed again
+    with new instances) sends nothing twice. Raises delivery.DestinationUnreachable when the
+    destination is unreachable (the task retries; batches already sent stay sent).
     """
-    from . import delivery
-
-    study = Study.objects.select_related("hospital").get(id=study_id)
+    study = Study.objects.get(id=study_id)
     config = DicomConfig.objects.filter(hospital_id=study.hospital_id).first()
-    images = list(study.images.filter(status__in=Image.FINAL_STATUSES)
-                  .select_related("result").order_by("created_at"))
-    datasets: list[tuple[DicomOutput, Dataset]] = []
-    for image in images:
-        if image.format != "dicom":
-            continue
+    configured = config is not None and (config.has_destination or bool(config.dicomweb_url))
+    images = (study.images.filter(status__in=Image.FINAL_STATUSES, format="dicom")
+              .select_related("result").order_by("created_at", "id"))
+    totals = {"sent": 0, "failed": 0}
+    batch: list[tuple[DicomOutput, Dataset]] = []
+    for image in images.iterator(chunk_size=100):
         for kind, build in ((DicomOutput.Kind.SR, image_sr),
                             (DicomOutput.Kind.SC, image_heatmap_sc)):
-            output = DicomOutput.objects.filter(image=image, kind=kind).first()
-            if output is not None and output.state == DicomOutput.State.SENT:
+            made = _output_build(image, kind, build)
+            if made is None:
                 continue
-            try:
-                dataset = build(image)
-            except Exception as exc:  # a header we cannot use: say so on the image
-                logger.exception("Could not build the %s of image %s", kind, image.id)
-                DicomOutput.objects.update_or_create(
-                    image=image, kind=kind,
-                    defaults={"sop_instance_uid": f"invalid-{kind}-{image.id}"[:64],
-                              "state": DicomOutput.State.FAILED,
-                              "error": f"could not build: {exc}"[:2000]})
+            if not configured:
+                DicomOutput.objects.filter(id=made[0].id).update(
+                    error="No DICOM destination is configured for this hospital.")
                 continue
-            if dataset is None:
-                continue
-            output, _ = DicomOutput.objects.update_or_create(
-                image=image, kind=kind,
-                defaults={"sop_instance_uid": str(dataset.SOPInstanceUID)})
-            datasets.append((output, dataset))
-    if not datasets:
-        return {"sent": 0, "failed": 0}
-    if config is None or not (config.has_destination or config.dicomweb_url):
-        for output, _ in datasets:
-            DicomOutput.objects.filter(id=output.id).update(
-                error="No DICOM destination is configured for this hospital.")
-        return {"sent": 0, "failed": 0}
-    outcomes = delivery.send(config, [dataset for _, dataset in datasets])
-    sent = failed = 0
+            batch.append(made)
+            if len(batch) >= DELIVERY_BATCH:
+                _send_batch(config, batch, totals)
+                batch = []
+    if batch:
+        _send_batch(config, batch, totals)
+    return totals
+
+
+def _output_build(image: Image, kind: str,
+                  build: Any) -> tuple[DicomOutput, Dataset] | None:
+    """The object to send (its output row made or updated), or None: sent already, nothing to
+    make (no heatmap for an image not classified), or it cannot be made (recorded)."""
+    output = DicomOutput.objects.filter(image=image, kind=kind).first()
+    if output is not None and output.state == DicomOutput.State.SENT:
+        return None
+    try:
+        dataset = build(image)
+    except Exception as exc:  # a header we cannot use: say so on the image
+        logger.exception("Could not build the %s of image %s", kind, image.id)
+        DicomOutput.objects.update_or_create(
+            image=image, kind=kind,
+            defaults={"sop_instance_uid": f"invalid-{kind}-{image.id}"[:64],
+                      "state": DicomOutput.State.FAILED,
+                      "error": f"could not build: {exc}"[:2000]})
+        return None
+    if dataset is None:
+        return None
+    output, _ = DicomOutput.objects.update_or_create(
+        image=image, kind=kind, defaults={"sop_instance_uid": str(dataset.SOPInstanceUID)})
+    return output, dataset
+
+
+def _send_batch(config: DicomConfig, batch: list[tuple[DicomOutput, Dataset]],
+                totals: dict[str, int]) -> None:
+    from . import delivery
+
+    outcomes = delivery.send(config, [dataset for _, dataset in batch])
     now = timezone.now()
-    for (output, _), outcome in zip(datasets, outcomes, strict=True):
-        if outcome.ok:
-            sent += 1
-            DicomOutput.objects.filter(id=output.id).update(
-                state=DicomOutput.State.SENT, error="", sent_at=now,
-                destination=outcome.destination, attempts=output.attempts + 1)
-        else:
-            failed += 1
-            DicomOutput.objects.filter(id=output.id).update(
-                state=DicomOutput.State.FAILED, error=outcome.error[:2000],
-                destination=outcome.destination, attempts=output.attempts + 1)
-    return {"sent": sent, "failed": failed}
+    for (output, _), outcome in zip(batch, outcomes, strict=True):
+        key = "sent" if outcome.ok else "failed"
+        totals[key] += 1
+        DicomOutput.objects.filter(id=output.id).update(
+            state=DicomOutput.State.SENT if outcome.ok else DicomOutput.State.FAILED,
+            error=outcome.error[:2000], sent_at=now if outcome.ok else None,
+            destination=outcome.destination, attempts=output.attempts + 1)
 
 
 def study_outputs_mark_unreachable(*, study_id: UUID, error: str, final: bool) -> None:
