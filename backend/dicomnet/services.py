@@ -80,7 +80,7 @@ def dicom_config_update(
             # Results that found no destination (or a wrong one) go to the new one.
             waiting = list(DicomOutput.objects.filter(image__study__hospital=hospital)
                            .exclude(state=DicomOutput.State.SENT)
-                           .values_list("image__study_id", flat=True).distinct())
+                           .order_by().values_list("image__study_id", flat=True).distinct())
             transaction.on_commit(lambda: [study_outputs_enqueue(study_id=study_id)
                                            for study_id in waiting])
     return config
