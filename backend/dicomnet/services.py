@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 CLOSE_TASK = "dicomnet.close_received_study"
 DELIVER_TASK = "dicomnet.deliver_study_outputs"
-CONFIG_UPDATED = "hospital.dicom_updated"
+# The action of main's hospital settings (AuditEvent.Action.SETTINGS_CHANGED there).
+CONFIG_UPDATED = "hospital.settings_changed"
 
 
 class DicomConfigError(ValueError):
@@ -74,7 +75,7 @@ def dicom_config_update(
         after = dicom_config_as_dict(config)
         audit_record(action=CONFIG_UPDATED, user=user, request=request,
                      object_type="hospital", object_id=hospital.id,
-                     detail={"before": before, "after": after})
+                     detail={"settings": "dicom", "before": before, "after": after})
         if after["destination"] != before["destination"] or (
                 after["dicomweb_url"] != before["dicomweb_url"]):
             # Results that found no destination (or a wrong one) go to the new one.

@@ -30,7 +30,8 @@ def test_admin_configures_dicom_and_the_change_is_audited(api: Any, user: Any) -
     response = api.put("/api/hospital/dicom/", CONFIG, format="json")
     assert response.status_code == 200, response.content
     assert api.get("/api/hospital/dicom/").json() == CONFIG
-    event = AuditEvent.objects.get(action="hospital.dicom_updated")
+    event = AuditEvent.objects.get(action="hospital.settings_changed")
+    assert event.detail["settings"] == "dicom"
     assert event.user == user
     assert event.detail["after"]["calling_ae_titles"] == ["CR_ROOM_1", "PACS"]
     assert event.detail["before"]["destination"] is None
