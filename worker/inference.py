@@ -51,7 +51,7 @@ from backend.studies.services import ClaimedImage, ResultRecord
 from ml.cam import heatmap_levels, levels_png
 from ml.checkpoint import CheckpointError
 from ml.predictor import Prediction
-from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image, preprocess
+from ml.preprocess import WORKING_COPY_SIDE, ImageDecodeError, decode_image
 
 from .runtime import Models, WorkerRuntime
 
@@ -102,12 +102,7 @@ def _prepare(image: ClaimedImage, models: Models) -> _Prepared | str:
         return f"Could not read the image: {exc}"
     except FileNotFoundError:
         return "Could not read the image: the stored file is missing."
-    binary_x = preprocess(pixels, models.binary.spec)
-    etiology_x = None
-    if models.etiology is not None:
-        etiology_x = (binary_x if models.etiology.spec == models.binary.spec
-                      else preprocess(pixels, models.etiology.spec))
-    return _Prepared(image, binary_x, etiology_x)
+    return _Prepared(image, *models.inputs(pixels))
 
 
 def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
@@ -254,6 +249,7 @@ def run_chunk(runtime: WorkerRuntime, image_ids: list[str]) -> ChunkReport:
         futures = [pool.submit(_prepare, image, models) for image in batch]
         pending.extend(futures)
         return futures
+
     try:
         decoding = decode(batches[0]) if batches else []
         for index, batch in enumerate(batches):

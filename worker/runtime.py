@@ -18,12 +18,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from django.conf import settings
 from django.db import connections
 
 from backend.config.sizing import torch_threads
 from ml.predictor import Prediction, Predictor
+from ml.preprocess import preprocess
 
 from .signals import pool_processes
 from .tuning import MemoryTrimmer, freeze_startup_objects, idle_priority, tune_allocator
@@ -41,6 +43,15 @@ class Models:
     @property
     def max_input_size(self) -> int:
         return max(p.input_size for p in (self.binary, self.etiology) if p is not None)
+
+    def inputs(self, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoded pixels as each model's input (one tensor when both share a spec)."""
+        binary_x = preprocess(pixels, self.binary.spec)
+        if self.etiology is None:
+            return binary_x, None
+        if self.etiology.spec == self.binary.spec:
+            return binary_x, binary_x
+        return binary_x, preprocess(pixels, self.etiology.spec)
 
     def forward(self, predictor: Predictor, batch: torch.Tensor,
                 with_cam: bool) -> list[Prediction]:

@@ -191,3 +191,17 @@ def test_effective_worker_concurrency_is_the_inference_pool_size() -> None:
 
     expected = inference_processes(settings.INFERENCE_PROCESSES, device=settings.INFERENCE_DEVICE)
     assert app.conf.worker_concurrency == expected >= 1
+
+
+def test_the_worker_registers_every_task_the_backend_sends_by_name() -> None:
+    """backend/studies/dispatch.py sends by name without importing the worker: the names,
+    routes and schedule must match what the worker registers."""
+    from backend.config.celery import app
+    from backend.studies import dispatch
+
+    app.loader.import_default_modules()
+    assert {dispatch.INFER_TASK, dispatch.WEBHOOK_TASK, dispatch.SWEEP_TASK} <= set(app.tasks)
+    assert app.amqp.router.route({}, dispatch.INFER_TASK)["queue"].name == (
+        dispatch.INFERENCE_QUEUE)
+    assert app.tasks[dispatch.WEBHOOK_TASK].queue == dispatch.DEFAULT_QUEUE
+    assert app.conf.beat_schedule["sweep-stuck-images"]["task"] == dispatch.SWEEP_TASK
