@@ -24,7 +24,8 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 
 def test_compose_has_the_services_of_the_design(compose: dict[str, Any]) -> None:
-    assert {"db", "redis", "web", "worker", "flower"} <= set(compose["services"])
+    assert {"db", "redis", "web", "worker", "flower", "dicom"} <= set(compose["services"])
+    assert "dicomlistener" in " ".join(command_of(compose["services"]["dicom"]))
     assert compose["services"]["db"]["image"].startswith("postgres")
     assert compose["services"]["redis"]["image"].startswith("redis")
 

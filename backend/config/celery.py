@@ -14,5 +14,5 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.config.settings.local")
 
-app = Celery("pneumoscan", include=["worker.tasks"])
+app = Celery("pneumoscan", include=["worker.tasks", "worker.dicomnet"])
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -10,6 +10,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/auth/", include("backend.accounts.urls")),
     path("api/hospital/", include("backend.accounts.hospital_urls")),
+    path("api/", include("backend.dicomnet.urls")),
     path("api/health/", ReadinessApi.as_view(), name="health"),
     path("api/health/ready/", ReadinessApi.as_view(), name="health-ready"),
     path("api/health/live/", LivenessApi.as_view(), name="health-live"),

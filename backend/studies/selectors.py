@@ -75,7 +75,8 @@ def study_get(*, user: User, study_id: UUID) -> Study:
 
 
 def study_images(*, study: Study) -> QuerySet[Image]:
-    return study.images.select_related("result").order_by("created_at", "original_name")
+    return (study.images.select_related("result").prefetch_related("dicom_outputs")
+            .order_by("created_at", "original_name"))
 
 
 def image_get(*, user: User, image_id: UUID) -> Image:

@@ -129,6 +129,7 @@ class ImageSerializer(serializers.ModelSerializer):
     file_url = serializers.SerializerMethodField()
     preview_url = serializers.SerializerMethodField()
     heatmap_url = serializers.SerializerMethodField()
+    dicom_delivery = serializers.SerializerMethodField()
     flags = serializers.ListField(child=serializers.CharField(), read_only=True)
     notes = serializers.ListField(child=serializers.CharField(), read_only=True)
 
@@ -139,6 +140,7 @@ class ImageSerializer(serializers.ModelSerializer):
             "notes", "modality", "view_position", "body_part", "patient_age", "patient_sex",
             "study_instance_uid", "sop_instance_uid", "dicom_accession_number",
             "result", "file_url", "preview_url", "heatmap_url", "created_at", "finished_at",
+            "dicom_delivery",
         ]
 
     @extend_schema_field(ResultSerializer(allow_null=True))
@@ -157,6 +159,13 @@ class ImageSerializer(serializers.ModelSerializer):
         if result is None or not result.heatmap:
             return None
         return reverse("image-heatmap", kwargs={"image_id": image.id})
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_dicom_delivery(self, image: Image) -> dict | None:
+        """State of the SR and heatmap sent to the hospital's PACS (null: none made)."""
+        from backend.dicomnet.selectors import image_delivery
+
+        return image_delivery(image)
 
 
 class ProgressSerializer(serializers.Serializer):
@@ -196,9 +205,17 @@ class StudySerializer(serializers.ModelSerializer):
 
 class StudyDetailSerializer(StudySerializer):
     images = serializers.SerializerMethodField()
+    dicom_delivery = serializers.SerializerMethodField()
 
     class Meta(StudySerializer.Meta):
-        fields = [*StudySerializer.Meta.fields, "images"]
+        fields = [*StudySerializer.Meta.fields, "images", "dicom_delivery"]
+
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_dicom_delivery(self, study: Study) -> dict | None:
+        """Results sent to the PACS, counted per state (null: the study has none)."""
+        from backend.dicomnet.selectors import study_delivery
+
+        return study_delivery(study)
 
     @extend_schema_field(ImageSerializer(many=True))
     def get_images(self, study: Study) -> list[dict]:

@@ -114,6 +114,7 @@ def test_only_the_allow_listed_dicom_attributes_are_stored(
         "id", "study", "file", "original_name", "sha256", "size_bytes", "format", "width",
         "height", "status", "error", "attempts", "flags", "notes", "created_at", "started_at",
         "finished_at", "result", "working_file", "sent_at", "claimed_by",
+        "received_instance", "dicom_outputs",  # relations from backend.dicomnet
     }
     assert dicom_columns == {"study_instance_uid", "sop_instance_uid", "dicom_accession_number",
                              "view_position", "modality", "body_part", "patient_age",

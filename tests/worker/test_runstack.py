@@ -61,6 +61,7 @@ def test_runstack_survives_a_dead_worker(
         "MODEL_CHECKPOINT_ETIOLOGY": str(tmp_path / "absent.pt"),
         "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
         "STATIC_ROOT": str(tmp_path / "static"),
+        "DICOM_PORT": str(free_port()),  # other worktrees run this test at the same time
     }
     log = tmp_path / "runstack.log"
     stack = subprocess.Popen([sys.executable, "manage.py", "runstack", "--no-migrate"],
@@ -77,6 +78,8 @@ def test_runstack_survives_a_dead_worker(
             f"{flower}api/queues/length", auth=("ops", "correct-horse"), timeout=5,
         ).json().get("active_queues", [])} >= {"inference", "default"}, timeout=30)
         assert queues
+        assert wait_for(lambda: any("dicomlistener" in cmd
+                                    for cmd in children_of(stack.pid).values()), timeout=30)
         first = wait_for(lambda: inference_worker(stack), timeout=30)
         os.killpg(first, signal.SIGKILL)  # the worker and its pool process
         # Nothing else goes down...

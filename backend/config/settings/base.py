@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "backend.studies",
     "backend.core",
     "backend.audit",
+    "backend.dicomnet",
 ]
 
 MIDDLEWARE = [
@@ -243,7 +244,8 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Declared, so Flower lists both queues even before it has inspected a worker.
 CELERY_TASK_QUEUES = (Queue("inference"), Queue("default"))
 CELERY_TASK_DEFAULT_PRIORITY = 5
-CELERY_TASK_ROUTES = {"worker.tasks.infer_images": {"queue": "inference"}}
+CELERY_TASK_ROUTES = {"worker.tasks.infer_images": {"queue": "inference"},
+                      "dicomnet.*": {"queue": "default"}}
 CELERY_TASK_ALWAYS_EAGER = CELERY_TASK_ALWAYS_EAGER
 # A pool process loads torch and the model in worker_process_init: give it time to start.
 CELERY_WORKER_PROC_ALIVE_TIMEOUT = 120.0
@@ -317,6 +319,18 @@ INFERENCE_DEVICE: str = env.str("INFERENCE_DEVICE", default="auto")
 CELERY_WORKER_CONCURRENCY = inference_processes(INFERENCE_PROCESSES, device=INFERENCE_DEVICE)
 # Load the models when a pool process starts (off only to test lazy loading).
 INFERENCE_PRELOAD: bool = env.bool("INFERENCE_PRELOAD", default=True)
+
+# --- DICOM network (docs/dicom.md) -------------------------------------------------------------
+# The listener (`manage.py dicomlistener`, started by `make run`): its port, AE title and the
+# quiet time after which a study received by C-STORE is closed and classified.
+DICOM_PORT: int = env.int("DICOM_PORT", default=11112)
+DICOM_BIND: str = env.str("DICOM_BIND", default="0.0.0.0")  # noqa: S104
+DICOM_AE_TITLE: str = env.str("DICOM_AE_TITLE", default="PNEUMOSCAN")
+DICOM_STUDY_QUIET_S: float = env.float("DICOM_STUDY_QUIET_S", default=30.0)
+# Results to the PACS: attempts and the first backoff (doubling, capped at 10 min, jittered).
+DICOM_DELIVERY_MAX_RETRIES: int = env.int("DICOM_DELIVERY_MAX_RETRIES", default=12)
+DICOM_DELIVERY_BACKOFF_S: float = env.float("DICOM_DELIVERY_BACKOFF_S", default=15.0)
+DICOM_NETWORK_TIMEOUT_S: float = env.float("DICOM_NETWORK_TIMEOUT_S", default=30.0)
 
 # --- Metrics (/metrics for Prometheus) ----------------------------------------------------------
 # A scrape must send `Authorization: Bearer <METRICS_TOKEN>`. Without a token /metrics answers

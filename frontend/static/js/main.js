@@ -1,6 +1,7 @@
 // Entry point: session bootstrap, header, and hash routing
-// (#/studies, #/upload, #/studies/<id>, #/studies/<id>/images/<imageId>).
+// (#/studies, #/upload, #/studies/<id>, #/studies/<id>/images/<imageId>, #/settings/dicom).
 import { api } from "./api.js";
+import { dicomSettingsView } from "./dicom.js";
 import { h, setChildren, toast } from "./dom.js";
 import { loginView, signupView } from "./auth.js";
 import { ROLE_LABEL } from "./labels.js";
@@ -14,6 +15,7 @@ const ROUTES = [
   { name: "signup", re: /^\/signup$/, public: true },
   { name: "studies", re: /^\/studies$/ },
   { name: "upload", re: /^\/upload$/ },
+  { name: "dicom", re: /^\/settings\/dicom$/ },
   { name: "study", re: new RegExp(`^/studies/(${UUID})$`) },
   { name: "image", re: new RegExp(`^/studies/(${UUID})/images/(${UUID})$`) },
 ];
@@ -48,11 +50,13 @@ function renderAccount() {
   document.getElementById("account-hospital").textContent = me.hospital || "No hospital";
   document.getElementById("account-user").textContent = me.username;
   document.getElementById("account-role").textContent = ROLE_LABEL[me.role] || me.role;
+  document.getElementById("nav-dicom").hidden = me.role !== "admin";
 }
 
 function highlightNav(name) {
   for (const link of document.querySelectorAll("#mainnav a")) {
-    const active = link.dataset.nav === (name === "upload" ? "upload" : "studies");
+    const section = ["upload", "dicom"].includes(name) ? name : "studies";
+    const active = link.dataset.nav === section;
     if (active) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
@@ -109,6 +113,9 @@ function show(r) {
       break;
     case "upload":
       current = { name: r.name, cleanup: uploadView(main, ctx) };
+      break;
+    case "dicom":
+      current = { name: r.name, cleanup: dicomSettingsView(main, { ...ctx, me }) };
       break;
     case "study":
     case "image": {

@@ -93,6 +93,8 @@ def build_children(py: str, env: dict[str, str], var_dir: Path) -> list[Child]:
                                  "-n", "default@%h", "--loglevel=INFO"]),
         Child("beat", [*celery, "beat", "--loglevel=INFO", "-s",
                        env.get("BEAT_SCHEDULE_FILE", str(var_dir / "celerybeat-schedule"))]),
+        # The DICOM listener (C-ECHO, C-STORE): DICOM_PORT, DICOM_AE_TITLE (docs/dicom.md).
+        Child("dicom", [py, str(Path(settings.REPO_ROOT) / "manage.py"), "dicomlistener"]),
         Child("flower", [*celery, "flower", f"--port={flower_port}", "--address=0.0.0.0",
                          f"--basic-auth={env['FLOWER_BASIC_AUTH']}", "--persistent=False",
                          "--purge_offline_workers=300"]),
@@ -135,6 +137,7 @@ class Command(BaseCommand):
             f"\nPneumoScan is running:\n  web app   http://127.0.0.1:{port}/\n"
             f"  API docs  http://127.0.0.1:{port}/api/docs/\n"
             f"  metrics   http://127.0.0.1:{port}/metrics\n"
+            f"  DICOM     AE {settings.DICOM_AE_TITLE} on port {settings.DICOM_PORT}\n"
             f"  Flower    http://127.0.0.1:{flower_port}/  user {user!r} password "
             f"{password!r}{origin}\n  Redis     {redis_url}\n"
             "More inference workers: `make worker` (same environment).\nPress Ctrl-C to stop.\n"
