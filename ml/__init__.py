@@ -11,9 +11,10 @@ from typing import Any
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TASKS = ("binary", "etiology")
+# One multi-head network serves both tasks (and the scope gate); `--task` picks its head.
 DEFAULT_CHECKPOINTS: dict[str, Path] = {
-    "binary": WEIGHTS_DIR / "binary.pt",
-    "etiology": WEIGHTS_DIR / "etiology.pt",
+    "binary": WEIGHTS_DIR / "multi.pt",
+    "etiology": WEIGHTS_DIR / "multi.pt",
 }
 
 

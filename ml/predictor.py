@@ -141,8 +141,7 @@ class Predictor:
         self.head: str = (head or "binary") if self.multi else str(meta["task"])
         if self.multi and self.head not in heads:
             raise ValueError(f"checkpoint has no {self.head!r} head; heads: {sorted(heads)}")
-        if head is not None and not self.multi and head != self.head:
-            raise ValueError(f"checkpoint is a {self.head!r} model, not {head!r}")
+        # A single-task checkpoint answers its own task whatever `head` asks for.
         spec = heads.get(self.head) or meta
         self.task: str = self.head
         self.classes: list[str] = list(spec["classes"])

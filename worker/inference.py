@@ -137,11 +137,19 @@ def _render(item: _Prepared, pred: Prediction, heat: np.ndarray | None,
     The etiology fields and the inference time are filled in once the batch is through
     (`_Rendering.completed`).
     """
+    scope = pred.scope
     return ResultRecord(
         image_id=item.image.id, label=pred.label, probabilities=pred.probabilities,
         score=pred.score, threshold=pred.threshold, model_name=models.binary.name,
         model_version=models.binary.version,
         bbox=list(pred.bbox) if pred.bbox else None,
+        # A multi-head model answers the etiology and the scope in the same pass.
+        etiology_label=pred.etiology.label if pred.etiology else "",
+        etiology_probabilities=dict(pred.etiology.probabilities) if pred.etiology else {},
+        in_scope=scope.in_scope if scope else True,
+        scope_reason=(scope.reason or "") if scope else "",
+        scope_source=scope.source if scope else "",
+        in_scope_probability=scope.p_in_scope if scope else None,
         heatmap=(services.heatmap_save(image=item.image, png=levels_png(heat))
                  if heat is not None else ""),
     )
@@ -180,8 +188,10 @@ def _batch_results(
 ) -> list[_Rendering]:
     """One batch through both models; heatmaps are rendered while the etiology pass runs."""
     forward_started = time.perf_counter()
+    # DICOM attributes found by the first decode feed the scope gate's metadata rule.
+    metadata = [p.decoded.metadata if p.decoded else None for p in prepared]
     preds = models.forward(models.binary, torch.stack([p.binary_x for p in prepared]),
-                           with_cam=True)
+                           with_cam=True, metadata=metadata)
     heats: list[np.ndarray | None] = [None] * len(preds)
     if all(pred.heatmap is not None for pred in preds):
         heats = list(heatmap_levels(np.stack([pred.heatmap for pred in preds])))

@@ -55,8 +55,8 @@ class Models:
             return binary_x, binary_x
         return binary_x, preprocess(pixels, self.etiology.spec)
 
-    def forward(self, predictor: Predictor, batch: torch.Tensor,
-                with_cam: bool) -> list[Prediction]:
+    def forward(self, predictor: Predictor, batch: torch.Tensor, with_cam: bool,
+                metadata: list[dict[str, str] | None] | None = None) -> list[Prediction]:
         """One forward pass; on CUDA with fp16 autocast and pinned memory."""
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -64,7 +64,7 @@ class Models:
         else:
             autocast = nullcontext()
         with autocast:
-            return predictor.predict_tensors(batch, with_cam=with_cam)
+            return predictor.predict_tensors(batch, with_cam=with_cam, metadata=metadata)
 
     def warm_up(self) -> None:
         """One dummy batch, so the first real image does not pay for lazy initialisation."""
@@ -103,7 +103,9 @@ def load_models(*, pool_processes: int = 1) -> Models:
     binary = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_BINARY, device=device,
                                        threads=threads)
     etiology = None
-    if os.path.exists(settings.MODEL_CHECKPOINT_ETIOLOGY):
+    if binary.multi:
+        pass  # one network answers binary, etiology and scope in one pass
+    elif settings.MODEL_CHECKPOINT_ETIOLOGY and os.path.exists(settings.MODEL_CHECKPOINT_ETIOLOGY):
         etiology = Predictor.from_checkpoint(settings.MODEL_CHECKPOINT_ETIOLOGY, device=device,
                                              threads=threads)
     else:

@@ -208,12 +208,12 @@ def test_calibrating_the_etiology_head_keeps_the_binary_head(
     assert after["calibration"]["n"] == 48
 
 
-def test_bench_versus_compares_pipelines_side_by_side(
-    multi_ckpt: Path, binary_ckpt: Path, etiology_ckpt: Path
-) -> None:
+def test_bench_versus_compares_pipelines_side_by_side(multi_ckpt: Path) -> None:
+    from ml import WEIGHTS_DIR
     from ml.bench import run_versus
 
-    out = run_versus(multi_ckpt, [binary_ckpt, etiology_ckpt], batch_size=8, images=16,
+    v1 = [WEIGHTS_DIR / "v1" / "binary.pt", WEIGHTS_DIR / "v1" / "etiology.pt"]
+    out = run_versus(multi_ckpt, v1, batch_size=8, images=16,
                      rounds=2, threads=1, verbose=False)
     assert out["images"] == 16
     assert out["images_per_second"] > 0 and out["images_per_second_versus"] > 0
@@ -232,3 +232,27 @@ def test_stress_test_reports_every_perturbation_with_the_gate(multi_ckpt: Path) 
         assert 0.0 <= row["out_of_scope_rate"] <= 1.0
     table = format_table(rows)
     assert table.count("\n") == len(rows) + 1 and "out of scope rate" in table
+
+
+def test_shipped_gate_turns_away_the_non_chest_and_adult_dicoms(dicom_dir: Path) -> None:
+    from ml import default_checkpoint
+
+    pred = Predictor.from_checkpoint(default_checkpoint(), threads=1)
+    non_chest = ["cr-hip-monochrome2-jpeg-lossless.dcm", "cr-hip-monochrome2-rle.dcm",
+                 "cr-extremity-monochrome1-j2k-lossless.dcm"]
+    adults = ["cr-chest-pa-jpeg-baseline.dcm", "dx-chest-implicit-vr-uncompressed.dcm"]
+    out = pred.predict([dicom_dir / n for n in non_chest + adults])
+    for name, p in zip(non_chest + adults, out, strict=True):
+        assert p.scope is not None and not p.scope.in_scope, name
+    assert [p.scope.reason for p in out[:3]] == ["not_chest_radiograph"] * 3  # type: ignore[union-attr]
+
+
+def test_shipped_gate_keeps_validation_children_in_scope(kermany_dir: Path) -> None:
+    from ml import default_checkpoint
+    from ml.data import discover, split_by_patient
+
+    pred = Predictor.from_checkpoint(default_checkpoint(), threads=1)
+    _, val = split_by_patient(discover(kermany_dir), 0.15, 42)
+    out = pred.predict([r.path for r in val[::8]], with_cam=False)
+    out_of_scope = sum(not p.scope.in_scope for p in out)  # type: ignore[union-attr]
+    assert out_of_scope <= max(1, round(0.02 * len(out)))

@@ -24,8 +24,8 @@ def predictor(binary_ckpt: Path) -> Predictor:
 def val_sample(kermany_dir: Path, predictor: Predictor) -> list:
     """Images of the shipped model's *validation* patients (never trained on)."""
     recs = discover(kermany_dir)
-    seed = predictor.meta["data"]["split_seed"]
-    frac = predictor.meta["data"]["val_fraction"]
+    split = predictor.meta["data"].get("paediatric", predictor.meta["data"])
+    seed, frac = split["split_seed"], split["val_fraction"]
     _, val = split_by_patient(recs, frac, seed)
     normals = [r for r in val if r.label == "normal"][:20]
     pneu = [r for r in val if r.label != "normal"][:20]
@@ -34,7 +34,9 @@ def val_sample(kermany_dir: Path, predictor: Predictor) -> list:
 
 def test_defaults() -> None:
     assert default_checkpoint("binary") == DEFAULT_CHECKPOINTS["binary"]
-    assert default_checkpoint("etiology").name == "etiology.pt"
+    # One multi-head checkpoint serves both tasks.
+    assert default_checkpoint("etiology") == default_checkpoint("binary")
+    assert default_checkpoint("etiology").name == "multi.pt"
     with pytest.raises(ValueError):
         default_checkpoint("covid")
 

@@ -47,12 +47,13 @@ MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(REPO_ROOT / "var" / "media")
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(REPO_ROOT / "var" / "static")))
 # Open sign-up of new hospitals (on here and in local/test; production defaults it off).
 SIGNUP_ENABLED: bool = env.bool("SIGNUP_ENABLED", default=True)
+# The model the workers load. The shipped one is multi-head: binary, etiology and the scope
+# gate from one forward pass. MODEL_CHECKPOINT_ETIOLOGY is read only beside a single-task
+# binary checkpoint (a second model for the etiology, as before version 2).
 MODEL_CHECKPOINT_BINARY: str = env.str(
-    "MODEL_CHECKPOINT_BINARY", default=str(REPO_ROOT / "ml" / "weights" / "binary.pt")
+    "MODEL_CHECKPOINT_BINARY", default=str(REPO_ROOT / "ml" / "weights" / "multi.pt")
 )
-MODEL_CHECKPOINT_ETIOLOGY: str = env.str(
-    "MODEL_CHECKPOINT_ETIOLOGY", default=str(REPO_ROOT / "ml" / "weights" / "etiology.pt")
-)
+MODEL_CHECKPOINT_ETIOLOGY: str = env.str("MODEL_CHECKPOINT_ETIOLOGY", default="")
 MAX_UPLOAD_FILE_BYTES: int = env.int("MAX_UPLOAD_FILE_BYTES", default=64 * 1024 * 1024)
 MAX_FILES_PER_STUDY: int = env.int("MAX_FILES_PER_STUDY", default=1000)
 # Store a small model-ready copy of DICOM and large uploads, made by the worker's first decode,

@@ -19,6 +19,8 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
+from backend.accounts.models import Hospital
+
 from ..ingest import image_details
 from ..models import Image, Result, Study, heatmap_storage_name, working_copy_storage_name
 from .lifecycle import images_send, images_send_alone, study_close, study_refresh_status
@@ -71,14 +73,28 @@ class ResultRecord:
     etiology_label: str = ""
     etiology_probabilities: dict[str, float] = field(default_factory=dict)
     inference_ms: float | None = None
+    # The scope gate (ml.scope): "" reason when in scope.
+    in_scope: bool = True
+    scope_reason: str = ""
+    scope_source: str = ""
+    in_scope_probability: float | None = None
 
-    def as_row(self) -> Result:
+    def as_row(self, *, withhold: bool = False) -> Result:
+        """The row to store; `withhold` (out of scope, the hospital enforces the scope) keeps
+        the verdict and drops every answer the model gave: no label, no probabilities."""
+        answer = not (withhold and not self.in_scope)
         return Result(
-            image_id=self.image_id, label=self.label, probabilities=self.probabilities,
-            score=self.score, threshold=self.threshold, model_name=self.model_name,
-            model_version=self.model_version, bbox=self.bbox, heatmap=self.heatmap,
-            etiology_label=self.etiology_label,
-            etiology_probabilities=self.etiology_probabilities, inference_ms=self.inference_ms,
+            image_id=self.image_id, label=self.label if answer else "",
+            probabilities=self.probabilities if answer else {},
+            score=self.score if answer else None, threshold=self.threshold,
+            model_name=self.model_name, model_version=self.model_version,
+            bbox=self.bbox if answer else None, heatmap=self.heatmap if answer else "",
+            etiology_label=self.etiology_label if answer else "",
+            etiology_probabilities=self.etiology_probabilities if answer else {},
+            inference_ms=self.inference_ms,
+            scope=Result.Scope.IN_SCOPE if self.in_scope else Result.Scope.OUT_OF_SCOPE,
+            scope_reason=self.scope_reason, scope_source=self.scope_source,
+            in_scope_probability=self.in_scope_probability,
         )
 
 
@@ -195,7 +211,12 @@ def results_record_many(
             .values_list("id", "study_id", "original_name")
         }
         fresh = [r for r in results if r.image_id in open_images]
-        Result.objects.bulk_create([r.as_row() for r in fresh], ignore_conflicts=True)
+        enforcing = set(
+            Image.objects.filter(id__in=[r.image_id for r in fresh if not r.in_scope],
+                                 study__hospital__scope_mode=Hospital.ScopeMode.ENFORCE)
+            .values_list("id", flat=True))
+        rows = [r.as_row(withhold=r.image_id in enforcing) for r in fresh]
+        Result.objects.bulk_create(rows, ignore_conflicts=True)
         if fresh:
             Image.objects.filter(id__in=[r.image_id for r in fresh]).update(
                 status=Image.Status.DONE, error="", finished_at=now, claimed_by="")
@@ -212,7 +233,9 @@ def results_record_many(
                          if pk in open_images})
         if on_committed is not None:
             transaction.on_commit(on_committed)
-    heatmaps_delete(names=[r.heatmap for r in results if r.image_id not in open_images])
+    heatmaps_delete(names=[r.heatmap for r in results if r.image_id not in open_images]
+                    # A withheld answer keeps no heatmap either.
+                    + [r.heatmap for r in results if r.image_id in enforcing and r.heatmap])
     _refresh_if_finished({study_id for study_id, _ in open_images.values()})
     return len(fresh)
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('studies', '0004_image_working_file'),
+        ('studies', '0005_ingest_in_workers'),
     ]
 
     operations = [
