@@ -73,7 +73,9 @@ def test_evaluate_default_checkpoint(small_real_folder: Path, tmp_path: Path) ->
         )
         == 0
     )
-    assert json.loads(out.read_text())["model"] == "pneumo-binary"
+    report = json.loads(out.read_text())
+    assert report["model"] == "pneumo-multi" and report["task"] == "binary"
+    assert report["scope"]["n"] == report["n"]
 
 
 def test_predict_prints_json_and_heatmaps(

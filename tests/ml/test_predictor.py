@@ -93,7 +93,7 @@ def test_dicom_through_predictor(predictor: Predictor, dicom_dir: Path) -> None:
 
 
 def test_etiology_predictor(etiology_ckpt: Path, val_sample: list) -> None:
-    pred = Predictor.from_checkpoint(etiology_ckpt)
+    pred = Predictor.from_checkpoint(etiology_ckpt, head="etiology")
     assert pred.classes == ["normal", "bacterial", "viral"]
     preds = pred.predict([r.path for r in val_sample[::4]])
     for p in preds:

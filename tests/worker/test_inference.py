@@ -85,7 +85,7 @@ def test_chunk_runs_as_a_pipeline_of_batches_with_the_results_of_one_batch(
     runtime.models()  # its warm-up pass is not part of the chunk
     batch_sizes: list[int] = []
     forward = Models.forward
-    monkeypatch.setattr(Models, "forward", lambda models, predictor, x, with_cam: (
+    monkeypatch.setattr(Models, "forward", lambda models, predictor, x, with_cam, metadata=None: (
         batch_sizes.append(len(x)) or forward(models, predictor, x, with_cam)))
 
     settings.INFERENCE_BATCH_SIZE = 3
@@ -173,12 +173,12 @@ def test_results_appear_batch_by_batch(
     stored_at_forward: list[int] = []
     forward = Models.forward
 
-    def watching(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
+    def watching(models: Any, predictor: Any, x: Any, with_cam: bool, **kw: Any) -> Any:
         if with_cam:  # the binary pass of each batch
             if stored_at_forward:  # the recorder stores the batch before, meanwhile
                 batch_stored.wait(timeout=30)
             stored_at_forward.append(Result.objects.count())
-        return forward(models, predictor, x, with_cam)
+        return forward(models, predictor, x, with_cam, **kw)
 
     monkeypatch.setattr(Models, "forward", watching)
     assert inference.run_chunk(runtime, ids).done == 4
@@ -449,12 +449,13 @@ def test_soft_time_limit_mid_chunk_keeps_the_batches_stored(
     forward = Models.forward
     passes: list[int] = []
 
-    def limit_in_second_batch(models: Any, predictor: Any, x: Any, with_cam: bool) -> Any:
+    def limit_in_second_batch(models: Any, predictor: Any, x: Any, with_cam: bool,
+                              **kw: Any) -> Any:
         passes.append(1)
         if len(passes) == 2:
             batch_stored.wait(timeout=30)  # the recorder stores the first batch meanwhile
             raise SoftTimeLimitExceeded()
-        return forward(models, predictor, x, with_cam)
+        return forward(models, predictor, x, with_cam, **kw)
 
     monkeypatch.setattr(Models, "forward", limit_in_second_batch)
     tasks.infer_images.apply(args=[ids])
