@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -250,8 +249,10 @@ def _study_for(received: ReceivedStudy, header: Dataset) -> Study:
 
 
 def _prepare(instance: ReceivedInstance) -> _Prepared:
-    """Decode one received instance as an upload is (no database writes)."""
-    from backend.studies.ingest import Rejection, inspect_file
+    """Check one received instance as an upload is, without decoding it (no database
+    writes): the inference worker that classifies it decodes it once, in its sandbox, and
+    fills in its size and the rest of its fields; a file it refuses becomes `rejected`."""
+    from backend.studies.ingest import DICOM_FIELDS, FIELD_LENGTHS, Rejection, screen_file
 
     with instance.file.open("rb") as handle:
         data = handle.read()
@@ -259,28 +260,18 @@ def _prepare(instance: ReceivedInstance) -> _Prepared:
     header = _header(data) or Dataset()
     name = f"{instance.sop_instance_uid}.dcm"
     common = {"file": instance.file.name, "original_name": name, "sha256": sha256,
-              "size_bytes": len(data)}
-    inspected = inspect_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES,
-                             working_copies=settings.WORKING_COPIES)
-    if isinstance(inspected, Rejection):
-        instance.error = inspected.reason
+              "size_bytes": len(data),
+              **{field: str(header.get(keyword, "")).strip()[: FIELD_LENGTHS.get(field, 64)]
+                 for keyword, field in DICOM_FIELDS.items()}}
+    common["sop_instance_uid"] = instance.sop_instance_uid[:64]
+    screened = screen_file(name, data, max_bytes=settings.MAX_UPLOAD_FILE_BYTES)
+    if isinstance(screened, Rejection):
+        instance.error = screened.reason
         return _Prepared(instance, sha256, header, {
-            **common, "format": "dicom", "status": Image.Status.FAILED,
-            "error": inspected.reason[:2000], "finished_at": timezone.now(),
-            "study_instance_uid": str(header.get("StudyInstanceUID", ""))[:64],
-            "sop_instance_uid": instance.sop_instance_uid[:64],
-            "modality": str(header.get("Modality", ""))[:16],
+            **common, "format": "dicom", "status": Image.Status.REJECTED,
+            "error": screened.reason[:2000], "finished_at": timezone.now(),
         })
-    working = ""
-    if inspected.working_copy:
-        working = default_storage.save(
-            f"dicom-in/{instance.received_study_id}/working/{uuid.uuid4().hex}.jpg",
-            ContentFile(inspected.working_copy))
-    return _Prepared(instance, sha256, header, {
-        **common, "working_file": working, "format": inspected.format,
-        "width": inspected.width, "height": inspected.height, "flags": inspected.flags,
-        "notes": inspected.notes, **inspected.fields,
-    }, working=working)
+    return _Prepared(instance, sha256, header, {**common, "format": screened.format})
 
 
 # --- Results out --------------------------------------------------------------------------------
@@ -299,6 +290,7 @@ def image_findings(image: Image) -> objects.Findings:
         name, version = model_identity_fallback()
         # A failed image that has no size was never decoded: the decoder refused it.
         reason = {"failed": "undecodable" if image.width is None else "failed",
+                  "rejected": "undecodable",
                   "cancelled": "cancelled"}.get(image.status, "failed")
         return objects.Findings(model_name=name, model_version=version,
                                 not_analysed_reason=reason)
