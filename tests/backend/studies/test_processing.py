@@ -58,12 +58,20 @@ def test_zip_of_real_radiographs_is_processed_flagged_exported_and_webhooked(
         assert by_name[chest.name]["flags"] == ["adult_patient"]
         assert by_name[hip.name]["flags"] == ["non_chest:hip"]
         assert by_name[xray_paths[0].name]["flags"] == []
-        assert all(i["result"]["label"] in ("normal", "pneumonia") for i in detail["images"])
+        assert by_name[xray_paths[0].name]["result"]["label"] in ("normal", "pneumonia")
+        # The adult chest and the hip are outside the validated population: no label (the
+        # hospital enforces the scope gate by default), the reason instead.
+        for name, reason in ((chest.name, "adult"), (hip.name, "not_chest_radiograph")):
+            result = by_name[name]["result"]
+            assert (result["scope"], result["scope_reason"]) == ("out_of_scope", reason)
+            assert result["label"] is None and result["label_withheld"]
         rows = list(csv.DictReader(io.StringIO(
             api.get(f"/api/studies/{study_id}/export.csv").content.decode())))
         rows = [r for r in rows if not r["file_name"].endswith("broken.dcm")]
         assert {r["flags"] for r in rows} == {"adult_patient", "non_chest:hip", ""}
-        assert all(r["label"] and r["model_version"] for r in rows)
+        assert all(r["model_version"] for r in rows)
+        assert sorted(r["scope"] for r in rows) == ["in_scope", "out_of_scope", "out_of_scope"]
+        assert all(bool(r["label"]) == (r["scope"] == "in_scope") for r in rows)
 
         wait_for(lambda: receiver.requests, timeout=30)
         (request,) = receiver.requests
