@@ -73,7 +73,9 @@ def test_only_a_tls_proxy_is_published_and_it_fronts_web_and_flower(
 ) -> None:
     services = compose["services"]
     published = {name for name, service in services.items() if service.get("ports")}
-    assert published == {"proxy"}
+    # HTTP only through the proxy; the DICOM listener speaks DICOM on its own port.
+    assert published == {"proxy", "dicom"}
+    assert all("11112" in str(port) for port in services["dicom"]["ports"])
     proxy = services["proxy"]
     assert proxy["image"].startswith("caddy:")
     assert any(port.endswith(":443") for port in proxy["ports"])
