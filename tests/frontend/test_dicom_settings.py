@@ -34,7 +34,7 @@ def test_admin_sets_calling_ae_titles_and_destination(page: Any) -> None:
     page.get_by_label("Destination host").fill("pacs.local")
     page.get_by_label("Destination port").fill("4242")
     page.get_by_role("button", name="Save DICOM settings").click()
-    expect(page.get_by_text("DICOM settings saved.")).to_be_visible()
+    expect(page.get_by_text("DICOM settings saved.")).to_be_visible(timeout=20_000)
     # Stored, as the server reads it back (through the page's own session).
     stored = page.request.get("/api/hospital/dicom/").json()
     assert stored == {"calling_ae_titles": ["BARMODALITY", "CR_ROOM_1"],
