@@ -29,6 +29,8 @@ def test_admin_sets_calling_ae_titles_and_destination(page: Any) -> None:
     log_in(page, "alice")
     page.get_by_role("link", name="DICOM").click()
     expect(page.get_by_role("heading", name="DICOM settings")).to_be_visible()
+    # The form is filled from GET /api/hospital/dicom/ once it answers: type after that.
+    page.wait_for_load_state("networkidle")
     page.get_by_label("Calling AE titles").fill("CR_ROOM_1, BARMODALITY")
     page.get_by_label("Destination AE title").fill("ORTHANC")
     page.get_by_label("Destination host").fill("pacs.local")
