@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
 from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patient, summarize
+from ml.engine import GRAY_MEAN, GRAY_STD
 from ml.evaluate import compute_metrics, full_report
 from ml.models import CamModel, build_model, count_parameters
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
@@ -52,7 +53,6 @@ HEADS: dict[str, list[str]] = {
     "scope": SCOPE_CLASSES,
 }
 IGNORE = -100
-GRAY_MEAN, GRAY_STD = [0.48], [0.24]
 
 
 def head_slices(heads: dict[str, list[str]] = HEADS) -> dict[str, tuple[int, int]]:
