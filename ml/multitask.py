@@ -136,6 +136,11 @@ class MultiTaskConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     scope_weight: float = 0.5
+    # Bacterial vs viral is the hardest distinction the model makes; its loss counts more.
+    etiology_weight: float = 1.0
+    # The gate's P(in_scope) threshold never exceeds this, however confident the paediatric
+    # validation images are: a ceiling against a threshold fitted to one centre's images.
+    scope_threshold_max: float = 0.95
     invert_p: float = 0.05
     adult_per_epoch: int = 1200
     lateral_per_epoch: int = 160
@@ -363,7 +368,8 @@ def multitask_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor],
             continue
         loss = F.cross_entropy(logits[:, a:b].float(), y, weight=weights[name],
                                ignore_index=IGNORE, label_smoothing=cfg.label_smoothing)
-        total = total + (cfg.scope_weight if name == "scope" else 1.0) * loss
+        scale = {"scope": cfg.scope_weight, "etiology": cfg.etiology_weight}.get(name, 1.0)
+        total = total + scale * loss
     return total
 
 
@@ -532,7 +538,12 @@ def choose_operating_points(model: CamModel, data: Data, cfg: MultiTaskConfig,
                               torch.full((len(inv),), SCOPE_CLASSES.index("inverted"))])
     t_scope = fit_temperature(scope_logits[:, a:b], scope_labels)
     p_in = apply_temperature(pooled[:, a:b], t_scope)[:, 0]
-    threshold = float(min(0.5, np.quantile(p_in, cfg.scope_paediatric_out_max)))
+    # As strict as the paediatric images allow: the threshold sits at their
+    # scope_paediatric_out_max quantile, so every out-of-scope image less in-scope-looking
+    # than that is turned away (a fixed 0.5 let through adults the paediatric images never
+    # resemble).
+    threshold = float(min(cfg.scope_threshold_max,
+                          np.quantile(p_in, cfg.scope_paediatric_out_max)))
     heads["scope"] = {"classes": SCOPE_CLASSES, "slice": [a, b], "temperature": t_scope,
                       "threshold": threshold}
     return heads

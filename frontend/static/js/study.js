@@ -1,6 +1,6 @@
 // The study page: progress, actions, and a grid of thumbnails with labels and probabilities.
 import { api, poller, urls } from "./api.js";
-import { formatDate, formatPercent, h, progressBar, setChildren, svgIcon, toast } from "./dom.js";
+import { append, formatDate, formatPercent, h, progressBar, setChildren, svgIcon, toast } from "./dom.js";
 import {
   ACTIVE_STATUSES, FLAG_HELP, flagChips, flagText, imageBadge, priorityBadge, scopeMessage, scopeNote,
   statusBadge,
@@ -38,7 +38,8 @@ function uploadReport(studyId) {
     panel.remove();
   });
   const accepted = `${report.accepted} ${report.accepted === 1 ? "file" : "files"} accepted`;
-  panel.append(
+  // The dom helper, not Element.append: the native one writes an absent part as "null".
+  append(panel, [
     h("div", { class: "upload-report-head" },
       h("h2", { id: "upload-report-title" }, "Upload received"),
       dismiss),
@@ -51,7 +52,7 @@ function uploadReport(studyId) {
         rejected.map((r) => h("li", {},
           h("span", { class: "rejected-name" }, r.name),
           h("span", { class: "rejected-reason" }, r.reason))))
-      : null);
+      : null]);
   return panel;
 }
 
