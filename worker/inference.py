@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,10 +265,10 @@ class ModelUnavailable(RuntimeError):
 
 
 def run_chunk(runtime: WorkerRuntime, image_ids: list[str], *, token: str = "",
-              previous_token: str = "") -> ChunkReport:
+              earlier_tokens: Sequence[str] = ()) -> ChunkReport:
     """Classify the unfinished images of a chunk; a repeat of a finished chunk does nothing.
 
-    `token` names the task try that claims the images, `previous_token` the try before it
+    `token` names the task try that claims the images, `earlier_tokens` the tries before it
     (services.chunk_claim: only lost workers count as attempts). Raises ModelUnavailable
     when the models cannot be loaded: the images are left alone for another worker.
     """
@@ -280,7 +281,7 @@ def run_chunk(runtime: WorkerRuntime, image_ids: list[str], *, token: str = "",
     stages = _Stages()
     claim = services.chunk_claim(image_ids=image_ids,
                                  max_attempts=settings.INFERENCE_MAX_ATTEMPTS,
-                                 token=token, previous_token=previous_token)
+                                 token=token, earlier_tokens=earlier_tokens)
     stages.lap("claim")
     pool = runtime.io_pool(models.device)
     recorder = runtime.recorder()

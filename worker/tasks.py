@@ -94,7 +94,7 @@ def infer_images(self, image_ids: list[str]) -> dict[str, int]:
     """Classify a chunk of images; finished images are skipped, so a repeat is harmless.
 
     The claim token names this try (task id and retry number): after a transient error the
-    retry re-claims the images its previous try held without counting an attempt; a loss of
+    retry re-claims the images its earlier tries held without counting an attempt; a loss of
     the worker (the message redelivered, same try) counts one.
     """
     from . import inference  # torch is imported in the pool process only
@@ -105,7 +105,7 @@ def infer_images(self, image_ids: list[str]) -> dict[str, int]:
     try:
         report = inference.run_chunk(
             process_runtime(), image_ids, token=f"{task_id}:{retries}",
-            previous_token=f"{task_id}:{retries - 1}" if retries else "")
+            earlier_tokens=[f"{task_id}:{r}" for r in range(retries)])
     except inference.ModelUnavailable as exc:
         # Not the images' fault: they go back to the queue for a worker that has a model,
         # and this one stops consuming instead of failing every hospital's images.

@@ -133,11 +133,7 @@ def test_database_outage_during_a_study(
         # An outage is not a lost worker: the retries re-claimed their images uncounted.
         from backend.studies.models import Image
 
-        if Image.objects.filter(attempts__gt=0).exists():
-            # Known open bug since the merge of the issue-15 branches: under load a retry
-            # after the cut sometimes counts an attempt (the study still completes, asserted
-            # above). Tracked in the session note of issue 15.
-            pytest.xfail("an attempt was counted for a database outage (open bug)")
+        assert not Image.objects.filter(attempts__gt=0).exists()
     finally:
         stop_worker(worker)
         print(log.read_text()[-6000:])  # shown when the test fails

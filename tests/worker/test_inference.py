@@ -150,7 +150,7 @@ def test_storage_failure_keeps_stored_batches_and_leaves_no_half_batch(
         r.heatmap.name.rsplit("/", 1)[1] for r in first)  # the second batch's file went
     monkeypatch.undo()
     # The task's retry re-claims what its previous try held: no lost worker, no attempt.
-    retry = inference.run_chunk(runtime, ids, token="task:1", previous_token="task:0")
+    retry = inference.run_chunk(runtime, ids, token="task:1", earlier_tokens=["task:0"])
     assert (retry.done, retry.skipped) == (3, 2)  # only the rest is classified again
     assert set(Image.objects.values_list("attempts", flat=True)) == {0}
     assert Result.objects.count() == 5
@@ -352,6 +352,22 @@ def test_image_claimed_too_often_is_failed_not_looped(
     assert (report.done, report.failed) == (1, 1)
     poison.refresh_from_db()
     assert poison.status == "failed" and "Gave up after 3 attempts" in poison.error
+
+
+def test_a_retry_after_a_retry_that_failed_before_claiming_counts_no_attempt(
+    runtime: Any, api: Any, sent: list[dict]
+) -> None:
+    """During a database outage the first retry can fail before it claims anything: the
+    images are still held by the first try, and the second retry must recognise them."""
+    from backend.studies.models import Image
+    from worker.inference import run_chunk
+
+    upload_files(api, small_pngs(2))
+    ids = [i for call in sent for i in call["args"][0]]
+    Image.objects.filter(id__in=ids).update(status="processing", claimed_by="task:0")
+    report = run_chunk(runtime, ids, token="task:2", earlier_tokens=["task:0", "task:1"])
+    assert report.done == 2
+    assert set(Image.objects.filter(id__in=ids).values_list("attempts", flat=True)) == {0}
 
 
 def test_an_image_lost_before_is_sent_again_alone_and_its_neighbours_processed(
@@ -557,5 +573,5 @@ def test_recorder_reconnects_after_its_connection_broke(
     assert Result.objects.count() == 2
     # What the task's retry does: it re-claims its previous try's images.
     assert inference.run_chunk(runtime, second, token="task:1",
-                               previous_token="task:0").done == 3
+                               earlier_tokens=["task:0"]).done == 3
     assert Result.objects.count() == 5

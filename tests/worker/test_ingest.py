@@ -46,7 +46,7 @@ def _in_process(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app, "send_task", lambda *args, **kwargs: None)
 
 
-def process(study_id: str, **tokens: str) -> Any:
+def process(study_id: str, **tokens: Any) -> Any:
     from worker.inference import run_chunk
     from worker.runtime import process_runtime
 
@@ -239,7 +239,7 @@ def test_a_full_disk_while_storing_a_working_copy_is_retried_not_failed(
     assert image.status == "processing" and image.attempts == 0
     full = False
     # The retry re-claims what its previous try held: no attempt counted (no worker was lost).
-    process(study_id, token="task:1", previous_token="task:0")
+    process(study_id, token="task:1", earlier_tokens=["task:0"])
     image.refresh_from_db()
     assert image.status == "done" and image.attempts == 0
 

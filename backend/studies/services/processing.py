@@ -117,16 +117,18 @@ def heatmaps_delete(*, names: Sequence[str]) -> None:
 
 
 def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int, token: str = "",
-                previous_token: str = "") -> ClaimedChunk:
+                earlier_tokens: Sequence[str] = ()) -> ClaimedChunk:
     """Claim a chunk's unfinished images for processing, in one transaction.
 
     Finished images are skipped (a redelivered or repeated task does no work twice). An image
-    still `processing` was lost by a worker (killed, crashed) unless this task's previous try
-    (`previous_token`) held it and stopped on a transient error: only the loss counts as an
-    attempt. An image lost `max_attempts` times is failed, so an image that kills its worker
-    cannot loop. An image lost before is not processed with others again: when the chunk
-    holds several images, each such image is set aside and sent again in a chunk of its own,
-    so an image that crashes its worker fails alone. Set-based writes.
+    still `processing` was lost by a worker (killed, crashed) unless one of this task's earlier
+    tries (`earlier_tokens`) held it and stopped on a transient error: only the loss counts as
+    an attempt. Every earlier try, not only the last: during an outage a retry can fail before
+    it claims anything, and the images are still held by the try before it. An image lost
+    `max_attempts` times is failed, so an image that kills its worker cannot loop. An image
+    lost before is not processed with others again: when the chunk holds several images, each
+    such image is set aside and sent again in a chunk of its own, so an image that crashes its
+    worker fails alone. Set-based writes.
     """
     now = timezone.now()
     with transaction.atomic():
@@ -138,8 +140,9 @@ def chunk_claim(*, image_ids: Sequence[str | UUID], max_attempts: int, token: st
             .filter(id__in=image_ids, status__in=[Image.Status.QUEUED, Image.Status.PROCESSING])
             .order_by("id")
         )
+        held_before = {t[:80] for t in earlier_tokens if t}
         lost = [image for image in images if image.status == Image.Status.PROCESSING
-                and not (previous_token and image.claimed_by == previous_token)]
+                and image.claimed_by not in held_before]
         if lost:
             Image.objects.filter(id__in=[image.id for image in lost]).update(
                 attempts=F("attempts") + 1)
