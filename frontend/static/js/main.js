@@ -1,10 +1,10 @@
 // Entry point: session bootstrap, header, and hash routing
-// (#/studies, #/upload, #/studies/<id>, #/studies/<id>/images/<imageId>, #/settings/dicom).
+// (#/studies, #/upload, #/studies/<id>, #/studies/<id>/images/<imageId>, #/settings, #/settings/dicom).
 import { api } from "./api.js";
-import { dicomSettingsView } from "./dicom.js";
 import { h, setChildren, toast } from "./dom.js";
 import { loginView, signupView } from "./auth.js";
 import { ROLE_LABEL } from "./labels.js";
+import { settingsView } from "./settings.js";
 import { studiesView } from "./studies.js";
 import { studyView } from "./study.js";
 import { uploadView } from "./upload.js";
@@ -15,7 +15,7 @@ const ROUTES = [
   { name: "signup", re: /^\/signup$/, public: true },
   { name: "studies", re: /^\/studies$/ },
   { name: "upload", re: /^\/upload$/ },
-  { name: "dicom", re: /^\/settings\/dicom$/ },
+  { name: "settings", re: /^\/settings(\/dicom)?$/ },
   { name: "study", re: new RegExp(`^/studies/(${UUID})$`) },
   { name: "image", re: new RegExp(`^/studies/(${UUID})/images/(${UUID})$`) },
 ];
@@ -50,12 +50,12 @@ function renderAccount() {
   document.getElementById("account-hospital").textContent = me.hospital || "No hospital";
   document.getElementById("account-user").textContent = me.username;
   document.getElementById("account-role").textContent = ROLE_LABEL[me.role] || me.role;
-  document.getElementById("nav-dicom").hidden = me.role !== "admin";
+  document.getElementById("nav-settings").hidden = me.role !== "admin";
 }
 
 function highlightNav(name) {
   for (const link of document.querySelectorAll("#mainnav a")) {
-    const section = ["upload", "dicom"].includes(name) ? name : "studies";
+    const section = ["upload", "settings"].includes(name) ? name : "studies";
     const active = link.dataset.nav === section;
     if (active) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -114,8 +114,8 @@ function show(r) {
     case "upload":
       current = { name: r.name, cleanup: uploadView(main, ctx) };
       break;
-    case "dicom":
-      current = { name: r.name, cleanup: dicomSettingsView(main, { ...ctx, me }) };
+    case "settings":
+      current = { name: r.name, cleanup: settingsView(main, { ...ctx, me }) };
       break;
     case "study":
     case "image": {

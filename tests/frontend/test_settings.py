@@ -1,6 +1,7 @@
-"""The DICOM settings page in a real browser: a hospital admin sets the calling AE titles and
-the destination PACS; a bad value is refused with the server's reason; clinicians do not get
-the page."""
+"""The hospital settings page in a real browser: a hospital admin switches the scope mode,
+sets the calling AE titles and the destination PACS; a bad value is refused with the server's
+reason; nothing can be typed before the stored values are in; clinicians do not get the
+page."""
 
 from __future__ import annotations
 
@@ -27,11 +28,21 @@ def test_admin_sets_calling_ae_titles_and_destination(page: Any) -> None:
 
     make_user("alice", "St. Mary")
     log_in(page, "alice")
-    page.get_by_role("link", name="DICOM").click()
-    expect(page.get_by_role("heading", name="DICOM settings")).to_be_visible()
-    # The form is filled from GET /api/hospital/dicom/ once it answers: type after that.
-    page.wait_for_load_state("networkidle")
-    page.get_by_label("Calling AE titles").fill("CR_ROOM_1, BARMODALITY")
+    # The stored settings arrive late: until they do, the form takes no typing (a late answer
+    # would overwrite what was typed).
+    held: list[Any] = []
+    page.route("**/api/hospital/dicom/", lambda route: held.append(route)
+               if route.request.method == "GET" and not held else route.continue_())
+    page.get_by_role("link", name="Settings").click()
+    expect(page.get_by_role("heading", name="Hospital settings")).to_be_visible()
+    calling = page.get_by_label("Calling AE titles")
+    expect(calling).to_be_disabled()
+    expect(page.get_by_role("button", name="Save DICOM settings")).to_be_disabled()
+    page.wait_for_function("() => true")  # let the held request reach the route handler
+    assert held, "the settings were never requested"
+    held[0].continue_()
+    expect(calling).to_be_enabled()
+    calling.fill("CR_ROOM_1, BARMODALITY")
     page.get_by_label("Destination AE title").fill("ORTHANC")
     page.get_by_label("Destination host").fill("pacs.local")
     page.get_by_label("Destination port").fill("4242")
@@ -48,6 +59,7 @@ def test_admin_sets_calling_ae_titles_and_destination(page: Any) -> None:
     screenshot(page, "dicom-settings")
 
     # Reloaded from the server, and an invalid title is refused with its reason.
+    page.unroute("**/api/hospital/dicom/")
     page.reload()
     expect(page.get_by_label("Calling AE titles")).to_have_value("BARMODALITY, CR_ROOM_1")
     page.get_by_label("Calling AE titles").fill("A_TITLE_FAR_TOO_LONG")
@@ -62,6 +74,27 @@ def test_clinicians_get_no_dicom_settings(page: Any) -> None:
 
     make_user("carol", "St. Mary", role="clinician")
     log_in(page, "carol")
-    expect(page.get_by_role("link", name="DICOM")).to_be_hidden()
-    page.goto("/#/settings/dicom")
+    expect(page.get_by_role("link", name="Settings")).to_be_hidden()
+    page.goto("/#/settings")
     expect(page.locator("#not-admin")).to_contain_text("Only an admin")
+
+
+def test_admin_switches_scope_mode_to_warn_and_it_is_audited(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    from backend.accounts.models import Hospital
+
+    make_user("alice", "St. Mary")
+    log_in(page, "alice")
+    page.goto("/#/settings")
+    withhold = page.get_by_label("Withhold the label (recommended)")
+    expect(withhold).to_be_checked()  # the default: out-of-scope images get no label
+    page.get_by_label("Show the label with a warning").check()
+    page.get_by_role("button", name="Save scope setting").click()
+    expect(page.get_by_text("Scope setting saved.")).to_be_visible(timeout=20_000)
+    assert Hospital.objects.get(name="St. Mary").scope_mode == "warn"
+    events = page.request.get("/api/hospital/audit/").json()["results"]
+    assert [e["detail"]["scope_mode"] for e in events if "scope_mode" in e["detail"]] == [
+        {"from": "enforce", "to": "warn"}]
+    page.reload()
+    expect(page.get_by_label("Show the label with a warning")).to_be_checked()
