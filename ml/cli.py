@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ml.checkpoint import save_checkpoint
     from ml.data import discover
     from ml.engine import TrainConfig, train
-    from ml.evaluate import format_summary
+    from ml.metrics import format_summary
 
     records = discover(args.data, split=("train", "val"))
     cfg = TrainConfig(
@@ -153,7 +153,8 @@ def cmd_train_multi(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ml.evaluate import evaluate_checkpoint, format_summary, write_json
+    from ml.evaluate import evaluate_checkpoint, write_json
+    from ml.metrics import format_summary
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
     rep = evaluate_checkpoint(

@@ -4,8 +4,6 @@ best-checkpoint selection, temperature scaling + operating threshold, logs and c
 from __future__ import annotations
 
 import copy
-import csv
-import json
 import math
 import os
 import random
@@ -29,8 +27,9 @@ from ml.calibration import (
 )
 from ml.data import TASK_CLASSES, CachedImageDataset, Record, split_by_patient, summarize
 from ml.device import select_device
-from ml.evaluate import compute_metrics, full_report
+from ml.metrics import compute_metrics, full_report
 from ml.models import CamModel, arch_channels, build_model, count_parameters
+from ml.plots import write_history
 from ml.preprocess import normalize
 from ml.transforms import RadiographAugment
 
@@ -138,37 +137,6 @@ def predict_logits(
         _, logits = model(x)
         outs.append(logits.float().cpu())
     return torch.cat(outs) if outs else torch.empty(0, len(ds.classes))
-
-
-def _plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
-    axes[0].plot(ep, [h["val_loss"] for h in history], label="val loss")
-    axes[0].set(xlabel="epoch", ylabel="loss")
-    axes[0].legend()
-    axes[1].plot(ep, [h["val_roc_auc"] for h in history], label="val ROC AUC")
-    axes[1].plot(ep, [h["val_accuracy"] for h in history], label="val accuracy (argmax)")
-    axes[1].set(xlabel="epoch", ylim=(0.5, 1.0))
-    axes[1].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _write_history(history: list[dict[str, float]], log_dir: Path) -> None:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    with open(log_dir / "history.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    _plot_curves(history, log_dir / "curves.png")
 
 
 def _init_from(model: CamModel, path: str) -> list[str]:
@@ -345,7 +313,7 @@ def train(
             f"{'*' if improved else ' '} {row['seconds']:.0f}s"
         )
         if log_dir is not None:
-            _write_history(history, Path(log_dir))
+            write_history(history, Path(log_dir))
         if epoch - best_epoch >= cfg.patience:
             log(f"early stopping: no val improvement for {cfg.patience} epochs")
             break

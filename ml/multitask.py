@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
 from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patient, summarize
 from ml.engine import GRAY_MEAN, GRAY_STD
-from ml.evaluate import compute_metrics, full_report
+from ml.metrics import compute_metrics, full_report
 from ml.models import CamModel, build_model, count_parameters
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
 from ml.scope import SCOPE_CLASSES, scope_verdicts
