@@ -19,7 +19,6 @@ from sklearn.metrics import (
     classification_report,
     confusion_matrix,
     f1_score,
-    precision_score,
     recall_score,
     roc_auc_score,
 )
@@ -68,22 +67,53 @@ def _safe(fn: Any, *args: Any, **kw: Any) -> float | None:
     return v if np.isfinite(v) else None
 
 
+CI_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
+
+
+def headline_metrics(
+    y_pos: np.ndarray, pred_pos: np.ndarray, labels: np.ndarray, pred: np.ndarray,
+    score: np.ndarray,
+) -> dict[str, float | None]:
+    """The headline metrics (``CI_KEYS``) of one sample of decisions; None where undefined.
+
+    The point estimate and every bootstrap resample go through this one function, so an
+    interval is always the interval of the number printed beside it. Counts for the metrics
+    at the threshold (fast enough for 1000 resamples), scikit-learn for the ranking ones.
+    """
+    n = len(labels)
+    tp = int(((y_pos == 1) & (pred_pos == 1)).sum())
+    fn = int(((y_pos == 1) & (pred_pos == 0)).sum())
+    tn = int(((y_pos == 0) & (pred_pos == 0)).sum())
+    fp = int(((y_pos == 0) & (pred_pos == 1)).sum())
+    both_classes = 0 < tp + fn < n
+    return {
+        "accuracy": float((pred == labels).mean()) if n else None,
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None,
+        "roc_auc": float(roc_auc_score(y_pos, score)) if both_classes else None,
+        "pr_auc": float(average_precision_score(y_pos, score)) if both_classes else None,
+    }
+
+
 def compute_metrics(
     probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float
 ) -> dict[str, Any]:
     """Point estimates. ``labels`` are class indices of ``classes``."""
     probs, labels, y_pos, score, pred, pred_pos = _decisions(probs, labels, classes, threshold)
-    tn, fp, fn, tp = confusion_matrix(y_pos, pred_pos, labels=[0, 1]).ravel()
+    headline = headline_metrics(y_pos, pred_pos, labels, pred, score)
+    if len(labels):
+        # Where a point estimate is undefined it takes scikit-learn's value (precision and F1
+        # with no positive call: 0; AP of a one-class set); a resample is dropped instead.
+        for k in ("precision", "f1"):
+            headline[k] = 0.0 if headline[k] is None else headline[k]
+        if headline["pr_auc"] is None:
+            headline["pr_auc"] = _safe(average_precision_score, y_pos, score)
     out: dict[str, Any] = {
         "n": len(labels),
         "threshold": float(threshold),
-        "accuracy": float((pred == labels).mean()) if len(labels) else None,
-        "sensitivity": float(tp / (tp + fn)) if tp + fn else None,
-        "specificity": float(tn / (tn + fp)) if tn + fp else None,
-        "precision": _safe(precision_score, y_pos, pred_pos, zero_division=0),
-        "f1": _safe(f1_score, y_pos, pred_pos, zero_division=0),
-        "roc_auc": _safe(roc_auc_score, y_pos, score),
-        "pr_auc": _safe(average_precision_score, y_pos, score),
+        **headline,
         "ece": expected_calibration_error(probs, labels) if len(labels) else None,
         "confusion_matrix": confusion_matrix(
             labels, pred, labels=list(range(len(classes)))
@@ -113,9 +143,6 @@ def compute_metrics(
     return out
 
 
-CI_KEYS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
-
-
 def bootstrap_ci(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -136,23 +163,10 @@ def bootstrap_ci(
     samples: dict[str, list[float]] = {k: [] for k in CI_KEYS}
     for _ in range(n_boot):
         i = rng.integers(0, n, n)
-        yp, pp, yl, pl, sc = y_pos[i], pred_pos[i], labels[i], pred[i], score[i]
-        tp = int(((yp == 1) & (pp == 1)).sum())
-        fn = int(((yp == 1) & (pp == 0)).sum())
-        tn = int(((yp == 0) & (pp == 0)).sum())
-        fp = int(((yp == 0) & (pp == 1)).sum())
-        samples["accuracy"].append(float((yl == pl).mean()))
-        if tp + fn:
-            samples["sensitivity"].append(tp / (tp + fn))
-        if tn + fp:
-            samples["specificity"].append(tn / (tn + fp))
-        if tp + fp:
-            samples["precision"].append(tp / (tp + fp))
-        if 2 * tp + fp + fn:
-            samples["f1"].append(2 * tp / (2 * tp + fp + fn))
-        if 0 < yp.sum() < n:
-            samples["roc_auc"].append(float(roc_auc_score(yp, sc)))
-            samples["pr_auc"].append(float(average_precision_score(yp, sc)))
+        resample = headline_metrics(y_pos[i], pred_pos[i], labels[i], pred[i], score[i])
+        for k, v in resample.items():
+            if v is not None:
+                samples[k].append(v)
     out: dict[str, list[float] | None] = {}
     for k, v in samples.items():
         out[k] = (

@@ -18,8 +18,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from ml.calibration import positive_score
-from ml.metrics import predict_labels
+from ml.decision import decide
 
 
 def save_plots(
@@ -40,14 +39,16 @@ def save_plots(
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = list(classes)
     labels = np.asarray(labels, dtype=int)
-    y_pos = (labels != classes.index("normal")).astype(int)
-    score = positive_score(np.asarray(probs), classes)
+    normal = classes.index("normal")
+    y_pos = (labels != normal).astype(int)
+    # The product's rule and score (ml.decision): the ROC point is where the model decides.
+    pred_lbl, score = decide(np.asarray(probs), normal, threshold)
     paths: list[Path] = []
     if 0 < y_pos.sum() < len(y_pos):
         fpr, tpr, _ = roc_curve(y_pos, score)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot(fpr, tpr, label=f"AUC={roc_auc_score(y_pos, score):.3f}")
-        pred = score >= threshold
+        pred = pred_lbl != normal
         ax.scatter(
             [1 - ((~pred) & (y_pos == 0)).sum() / max((y_pos == 0).sum(), 1)],
             [(pred & (y_pos == 1)).sum() / max(y_pos.sum(), 1)],
@@ -73,7 +74,6 @@ def save_plots(
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
-    pred_lbl = predict_labels(np.asarray(probs), classes, threshold)
     cm = confusion_matrix(labels, pred_lbl, labels=list(range(len(classes))))
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(cm, cmap="Blues")
