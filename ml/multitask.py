@@ -8,9 +8,10 @@ The heads are slices of one linear layer on the global-average-pooled features
 (``HEADS``), so plain CAM for any class of any head comes from the same features, and the
 serving cost is one trunk pass for all three answers.
 
-Training is shaped like torchvision's reference scripts: ``build_data``, ``build_model``,
+Training is shaped like torchvision's reference scripts: ``build_data``, ``build_model_for``,
 ``build_optimizer``, ``train_one_epoch``, ``evaluate``; ``train`` runs them and chooses the
-operating points (``choose_operating_points``).
+operating points (``choose_operating_points``). What every training shares (seeding, device,
+optimiser and schedule, class weights, batched inference) comes from ``ml.engine``.
 
 Selection and operating points are chosen for an *unseen site*, not for the validation split:
 the model is selected on the mean of clean and perturbed validation AUCs (``STRESS``: exposure,
@@ -34,7 +35,15 @@ import torch.nn.functional as F
 
 from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
 from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patient, summarize
-from ml.engine import GRAY_MEAN, GRAY_STD
+from ml.engine import (
+    GRAY_MEAN,
+    GRAY_STD,
+    balanced_weights,
+    build_optimizer,
+    predict_logits,
+    seed_everything,
+    setup_device,
+)
 from ml.metrics import compute_metrics, full_report
 from ml.models import CamModel, build_model, count_parameters
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
@@ -52,7 +61,7 @@ HEADS: dict[str, list[str]] = {
     "etiology": TASK_CLASSES["etiology"],
     "scope": SCOPE_CLASSES,
 }
-IGNORE = -100
+IGNORE = -100  # F.cross_entropy's default ignore_index
 
 
 def head_slices(heads: dict[str, list[str]] = HEADS) -> dict[str, tuple[int, int]]:
@@ -340,24 +349,6 @@ def init_from_checkpoint(model: CamModel, path: str, arch: str) -> list[str]:
     return sorted(k for k in own if k not in kept)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: MultiTaskConfig, steps: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    # No weight decay on BatchNorm and bias parameters (decaying BN scales fights the norm).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
-                                                pct_start=0.2)
-    return opt, sched
-
-
-def balanced_weights(labels: torch.Tensor, k: int) -> torch.Tensor:
-    """n / (k * n_c) over the labelled samples: every class weighs the same in the loss."""
-    counts = torch.bincount(labels[labels != IGNORE], minlength=k).float()
-    return counts.sum() / (k * counts.clamp(min=1))
-
-
 def multitask_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor],
                    weights: dict[str, torch.Tensor | None], cfg: MultiTaskConfig
                    ) -> torch.Tensor:
@@ -426,22 +417,6 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
         running += float(loss.item()) * len(idx)
         seen += len(idx)
     return running / max(seen, 1)
-
-
-@torch.inference_mode()
-def predict_logits(model: CamModel, images: torch.Tensor, device: torch.device,
-                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   batch_size: int = 128) -> torch.Tensor:
-    """Logits of the whole output vector for uint8 (N,S,S) images, optionally perturbed."""
-    model.eval()
-    outs = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].float().div_(255.0).unsqueeze(1)
-        if transform is not None:
-            x = transform(x)
-        _, logits = model(normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device))
-        outs.append(logits.float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0, sum(len(c) for c in HEADS.values()))
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -607,14 +582,10 @@ class MultiTaskResult:
 def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
           command: str = "", log: Callable[[str], None] | None = None,
           data: Data | None = None) -> MultiTaskResult:
-    from ml.engine import seed_everything, select_device
-
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.time()
     seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    if device.type == "cpu" and cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    device = setup_device(cfg.device, cfg.threads)
     data = data or build_data(cfg, paediatric_root, scope_root, log)
     log(f"data {data.summary}")
     model = build_model_for(cfg)
@@ -626,10 +597,11 @@ def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | P
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data.train_paed) + cfg.adult_per_epoch + cfg.lateral_per_epoch
                  + cfg.other_per_epoch) // cfg.batch_size
-    opt, sched = build_optimizer(model, cfg, max(10, per_epoch * cfg.epochs + 1))
+    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay,
+                                 max(10, per_epoch * cfg.epochs + 1))
     weights: dict[str, torch.Tensor | None] = {
-        "binary": balanced_weights(data.train_paed.binary, 2).to(device),
-        "etiology": balanced_weights(data.train_paed.etiology, 3).to(device),
+        "binary": balanced_weights(data.train_paed.binary, 2, IGNORE).to(device),
+        "etiology": balanced_weights(data.train_paed.etiology, 3, IGNORE).to(device),
         "scope": None,
     }
     history: list[dict[str, float]] = []
