@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ml import TASKS
 from ml.calibration import (
     apply_temperature,
     fit_temperature,
@@ -38,7 +39,7 @@ from ml.calibration import (
 from ml.data import TASK_CLASSES, CachedImageDataset, Record, split_by_patient, summarize
 from ml.device import select_device
 from ml.metrics import compute_metrics, full_report
-from ml.models import CamModel, arch_channels, build_model, count_parameters
+from ml.models import ARCHS, CamModel, arch_channels, build_model, count_parameters
 from ml.plots import write_history
 from ml.preprocess import normalize
 from ml.transforms import RadiographAugment
@@ -50,36 +51,52 @@ GRAY_MEAN, GRAY_STD = [0.48], [0.24]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
+LOSSES = ("ce", "focal")
+SCHEDULES = ("onecycle", "cosine")
+
+
 @dataclass
 class TrainConfig:
-    task: str = "binary"
-    arch: str = "pneumonet"
+    """Everything a single-task run depends on; ``python -m ml train`` has one ``--option``
+    per field (``ml.cli.add_config_args``: a field's ``help`` and ``choices`` are its
+    metadata)."""
+
+    task: str = field(default="binary", metadata={"choices": TASKS})
+    arch: str = field(default="pneumonet", metadata={"choices": ARCHS})
     epochs: int = 20
     input_size: int = 192
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 5e-4
-    loss: str = "ce"  # "ce" | "focal"
+    loss: str = field(default="ce", metadata={"choices": LOSSES})
     focal_gamma: float = 2.0
-    class_weights: bool = True
+    class_weights: bool = field(
+        default=True, metadata={"help": "balanced class weights in the loss"})
     label_smoothing: float = 0.0
-    schedule: str = "onecycle"  # "onecycle" | "cosine"
+    schedule: str = field(default="onecycle", metadata={"choices": SCHEDULES})
     seed: int = 42
-    pretrained: bool = False
+    pretrained: bool = field(default=False, metadata={
+        "help": "start from torchvision ImageNet weights (must be in TORCH_HOME)"})
     val_fraction: float = 0.15
     operating_sensitivity: float = 0.95
-    patience: int = 6
-    hflip: bool = False
-    max_train_images: int | None = None  # subsample (seeded) for quick runs / comparisons
-    threads: int | None = 2
-    amp: bool = True  # only used on CUDA
-    device: str | None = None
-    init_from: str | None = None  # checkpoint whose trunk initialises this model
-    name: str | None = None
+    patience: int = field(default=6, metadata={"help": "early-stopping patience (epochs)"})
+    hflip: bool = field(default=False, metadata={
+        "help": "random horizontal flips (off: see ml/transforms.py)"})
+    max_train_images: int | None = field(default=None, metadata={
+        "help": "subsample the training images (seeded), for quick runs and comparisons"})
+    threads: int | None = field(default=2, metadata={"help": "CPU threads (torch)"})
+    amp: bool = field(default=True, metadata={"help": "fp16 autocast (CUDA only)"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu / cuda (default: cuda if available)"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "initialise matching layers from another checkpoint"})
+    name: str | None = field(default=None, metadata={
+        "help": "model name (default pneumo-<task>)"})
     version: str = "1.0.0"
-    progress: bool = True
-    bootstrap: int = 1000
-    extra: dict[str, Any] = field(default_factory=dict)
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+    bootstrap: int = field(default=1000, metadata={
+        "help": "bootstrap resamples for validation CIs"})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
 
 @dataclass
