@@ -80,6 +80,7 @@ def checkpoint_probs(
     if not records:
         raise ValueError(f"no labelled images for task {pred.task!r} under {data}")
     logits_all: list[torch.Tensor] = []
+    probs_all: list[np.ndarray] = []
     labels: list[int] = []
     skipped: list[str] = []
     scope: list[Any] = []
@@ -100,10 +101,10 @@ def checkpoint_probs(
             with torch.inference_mode():
                 _, logits = pred.model(torch.stack(xs).to(pred.device))
             logits_all.append(pred.head_logits(logits).float().cpu())
+            probs_all.append(pred.calibrated(logits))  # the serving calibration, unchanged
             scope.extend(pred._scopes(logits, metas, len(xs)))
-    logits_t = torch.cat(logits_all)
-    probs = torch.softmax(logits_t / pred.temperature, dim=1).numpy()
-    return CheckpointOutputs(probs, logits_t.numpy(), np.asarray(labels), pred, skipped, scope)
+    return CheckpointOutputs(np.concatenate(probs_all), torch.cat(logits_all).numpy(),
+                             np.asarray(labels), pred, skipped, scope)
 
 
 def scope_summary(verdicts: Sequence[Any]) -> dict[str, Any] | None:
