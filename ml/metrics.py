@@ -97,6 +97,18 @@ def headline_metrics(
     }
 
 
+def auc_or_chance(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, or 0.5 (chance) when only one class is present: a selection score that is
+    always defined."""
+    positive = np.asarray(positive)
+    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else 0.5
+
+
+def macro_roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Macro-averaged one-vs-rest ROC AUC over the classes (every class must be present)."""
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
 def compute_metrics(
     probs: np.ndarray, labels: np.ndarray, classes: Sequence[str], threshold: float
 ) -> dict[str, Any]:
@@ -125,9 +137,7 @@ def compute_metrics(
         out["macro_f1"] = _safe(f1_score, labels, pred, average="macro", zero_division=0)
         present = np.unique(labels)
         if len(present) == len(classes):
-            out["roc_auc_macro_ovr"] = _safe(
-                roc_auc_score, labels, probs, multi_class="ovr", average="macro"
-            )
+            out["roc_auc_macro_ovr"] = _safe(macro_roc_auc, labels, probs)
         out["recall_per_class"] = {
             c: _safe(recall_score, labels == i, pred == i, zero_division=0)
             for i, c in enumerate(classes)

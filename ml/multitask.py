@@ -44,7 +44,7 @@ from ml.engine import (
     seed_everything,
     setup_device,
 )
-from ml.metrics import compute_metrics, full_report
+from ml.metrics import auc_or_chance, compute_metrics, full_report, macro_roc_auc
 from ml.models import CamModel, build_model, count_parameters
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
 from ml.scope import SCOPE_CLASSES, scope_verdicts
@@ -419,12 +419,6 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
     return running / max(seen, 1)
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else 0.5
-
-
 def head_probs(logits: torch.Tensor, name: str, temperature: float = 1.0) -> np.ndarray:
     a, b = head_slices()[name]
     return apply_temperature(logits[:, a:b], temperature)
@@ -437,18 +431,15 @@ def evaluate(model: CamModel, data: Data, device: torch.device,
     val = data.val_paed
     is_pneu = (val.binary == 1).numpy()
     clean = predict_logits(model, val.images, device)
-    out: dict[str, float] = {"val_auc": _auc(head_probs(clean, "binary")[:, 1], is_pneu)}
+    out: dict[str, float] = {"val_auc": auc_or_chance(is_pneu, head_probs(clean, "binary")[:, 1])}
     eti = head_probs(clean, "etiology")
-    from sklearn.metrics import roc_auc_score
-
-    out["val_etiology_macro_auc"] = float(roc_auc_score(val.etiology.numpy(), eti,
-                                                        multi_class="ovr", average="macro"))
+    out["val_etiology_macro_auc"] = macro_roc_auc(val.etiology.numpy(), eti)
     out["val_etiology_accuracy_argmax"] = float((eti.argmax(1) == val.etiology.numpy()).mean())
     p_in = [head_probs(clean, "scope")[:, 0]]
     stress_aucs = []
     for name in stress:
         logits = predict_logits(model, val.images, device, STRESS[name])
-        stress_aucs.append(_auc(head_probs(logits, "binary")[:, 1], is_pneu))
+        stress_aucs.append(auc_or_chance(is_pneu, head_probs(logits, "binary")[:, 1]))
         p_in.append(head_probs(logits, "scope")[:, 0])
     out["val_stress_auc"] = float(np.mean(stress_aucs)) if stress_aucs else out["val_auc"]
     neg = head_probs(predict_logits(model, data.val_scope.images, device), "scope")[:, 0]
@@ -456,8 +447,8 @@ def evaluate(model: CamModel, data: Data, device: torch.device,
                      "scope")[:, 0]
     paed = np.concatenate(p_in)
     others = np.concatenate([neg, inv])
-    out["val_scope_auc"] = _auc(np.concatenate([paed, others]),
-                                np.r_[np.ones(len(paed)), np.zeros(len(others))])
+    out["val_scope_auc"] = auc_or_chance(np.r_[np.ones(len(paed)), np.zeros(len(others))],
+                                         np.concatenate([paed, others]))
     out["score"] = (0.4 * out["val_stress_auc"] + 0.2 * out["val_auc"]
                     + 0.2 * out["val_etiology_macro_auc"] + 0.2 * out["val_scope_auc"])
     return out
