@@ -8,6 +8,7 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -129,3 +130,27 @@ def write_history(history: Sequence[dict[str, float]], log_dir: Path) -> None:
         w.writeheader()
         w.writerows(history)
     plot_history(history, log_dir / "curves.png")
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """``python -m ml compare``: validation AUC, training time and inference speed per
+    architecture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["arch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    axes[0].bar(names, [r["roc_auc"] or 0 for r in rows], color="tab:blue")
+    aucs = [r["roc_auc"] or 0.0 for r in rows]
+    axes[0].set(title="val ROC AUC", ylim=(max(0.0, min(aucs) - 0.05), 1.0))
+    axes[1].bar(names, [r["train_seconds"] for r in rows], color="tab:orange")
+    axes[1].set(title="training time (s)")
+    axes[2].bar(names, [r["infer_img_s"] for r in rows], color="tab:green")
+    axes[2].set(title="inference img/s (CPU, bs 32)")
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

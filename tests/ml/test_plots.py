@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.plots import save_plots, write_history
+from ml.plots import plot_comparison, save_plots, write_history
 
 
 def test_plots(tmp_path: Path) -> None:
@@ -25,3 +25,10 @@ def test_write_history(tmp_path: Path) -> None:
     write_history(history, tmp_path / "log")
     assert (tmp_path / "log" / "history.csv").read_text().count("\n") == 3
     assert (tmp_path / "log" / "curves.png").stat().st_size > 1000
+
+
+def test_plot_comparison(tmp_path: Path) -> None:
+    rows = [{"arch": a, "roc_auc": auc, "train_seconds": 10.0, "infer_img_s": 100.0}
+            for a, auc in (("pneumonet", 0.95), ("resnet18", None))]
+    plot_comparison(rows, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 1000
