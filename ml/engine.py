@@ -36,7 +36,7 @@ from ml.calibration import (
     positive_score,
     threshold_for_sensitivity,
 )
-from ml.data import TASK_CLASSES, CachedImageDataset, Record, split_by_patient, summarize
+from ml.data import TASK_CLASSES, CachedImageDataset, Record, summarize, training_split
 from ml.device import select_device
 from ml.metrics import compute_metrics, full_report
 from ml.models import ARCHS, CamModel, arch_channels, build_model, count_parameters
@@ -229,11 +229,8 @@ def build_data(
     cfg: TrainConfig, records: Sequence[Record], log: Callable[[str], None]
 ) -> tuple[CachedImageDataset, CachedImageDataset]:
     """Patient-level split of ``records`` (optionally subsampled), decoded once into memory."""
-    train_recs, val_recs = split_by_patient(records, cfg.val_fraction, cfg.seed)
-    if cfg.max_train_images and len(train_recs) > cfg.max_train_images:
-        rng = np.random.default_rng(cfg.seed)
-        keep = sorted(rng.choice(len(train_recs), cfg.max_train_images, replace=False))
-        train_recs = [train_recs[i] for i in keep]
+    train_recs, val_recs = training_split(records, cfg.val_fraction, cfg.seed,
+                                          cfg.max_train_images)
     log(f"decoding {len(train_recs)} train + {len(val_recs)} val images at {cfg.input_size}px ...")
     return (
         CachedImageDataset(train_recs, cfg.task, cfg.input_size, cfg.progress),

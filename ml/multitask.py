@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
-from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patient, summarize
+from ml.data import TASK_CLASSES, Record, discover, label_index, summarize, training_split
 from ml.engine import (
     GRAY_MEAN,
     GRAY_STD,
@@ -247,11 +247,8 @@ class Data:
 def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
                log: Callable[[str], None]) -> Data:
     records = [r for r in discover(paediatric_root) if label_index(r.label, "binary") is not None]
-    train_recs, val_recs = split_by_patient(records, cfg.val_fraction, cfg.seed)
-    if cfg.max_train_images and len(train_recs) > cfg.max_train_images:
-        rng = np.random.default_rng(cfg.seed)
-        keep = sorted(rng.choice(len(train_recs), cfg.max_train_images, replace=False))
-        train_recs = [train_recs[i] for i in keep]
+    train_recs, val_recs = training_split(records, cfg.val_fraction, cfg.seed,
+                                          cfg.max_train_images)
     log(f"decoding {len(train_recs)} + {len(val_recs)} paediatric images at {cfg.input_size}px")
     train_paed, train_recs = _paediatric_split(train_recs, cfg.input_size, log)
     val_paed, val_recs = _paediatric_split(val_recs, cfg.input_size, log)
