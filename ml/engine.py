@@ -132,6 +132,7 @@ class FocalLoss(nn.Module):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch, and make torch deterministic: a run is reproducible."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -150,6 +151,7 @@ def setup_device(device: str | None, threads: int | None) -> torch.device:
 
 
 def preprocessing_spec(arch: str, input_size: int) -> dict[str, Any]:
+    """The checkpoint's ``preprocessing`` entry: input size, channels and normalisation."""
     channels = arch_channels(arch)
     mean, std = (GRAY_MEAN, GRAY_STD) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     return {
@@ -239,6 +241,7 @@ def build_data(
 
 
 def build_model_for(cfg: TrainConfig) -> CamModel:
+    """``cfg.arch`` with one output per class of ``cfg.task``."""
     return build_model(cfg.arch, len(TASK_CLASSES[cfg.task]), pretrained=cfg.pretrained)
 
 
