@@ -1,106 +1,64 @@
-"""Command line: ``python -m ml {train,evaluate,predict,calibrate,compare,bench}``."""
+"""Command line: ``python -m ml COMMAND`` with train, train-multi, evaluate, calibrate, predict,
+compare, bench and stress.
+
+The two trainings take one ``--option`` per field of their config dataclass
+(``add_config_args``), so a new setting is one line in ``TrainConfig`` or ``MultiTaskConfig``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
+import typing
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ml import TASKS, default_checkpoint
+
+C = TypeVar("C")
 
 
 def _command_line(argv: list[str]) -> str:
     return "python -m ml " + " ".join(shlex.quote(a) for a in argv)
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from ml.models import ARCHS
+def _cli_fields(config_type: type) -> list[dataclasses.Field[Any]]:
+    """The fields of a config dataclass that are command-line options (metadata ``cli``)."""
+    return [f for f in dataclasses.fields(config_type) if f.init and f.metadata.get("cli", True)]
 
-    p.add_argument(
-        "--data",
-        required=True,
-        help="data root (NORMAL/PNEUMONIA folders, train/val/test splits, or a path,label CSV)",
-    )
-    p.add_argument("--task", choices=TASKS, default="binary")
-    p.add_argument("--arch", choices=ARCHS, default="pneumonet")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--input-size", type=int, default=192)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--loss", choices=("ce", "focal"), default="ce")
-    p.add_argument("--focal-gamma", type=float, default=2.0)
-    p.add_argument(
-        "--class-weights",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="balanced class weights in the loss (default on)",
-    )
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from torchvision ImageNet weights (must be in TORCH_HOME)",
-    )
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--operating-sensitivity", type=float, default=0.95)
-    p.add_argument("--patience", type=int, default=6, help="early-stopping patience (epochs)")
-    p.add_argument(
-        "--hflip", action="store_true", help="random horizontal flips (off: see ml/transforms.py)"
-    )
-    p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
-    p.add_argument(
-        "--init-from", default=None, help="initialise matching layers from another checkpoint"
-    )
-    p.add_argument("--name", default=None, help="model name (default pneumo-<task>)")
-    p.add_argument("--version", default="1.0.0")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--bootstrap", type=int, default=1000, help="bootstrap resamples for validation CIs"
-    )
+
+def add_config_args(p: argparse.ArgumentParser, config_type: type) -> None:
+    """One ``--option`` per field of a config dataclass, typed and defaulted from it; a field's
+    metadata may add ``help`` and ``choices``. A bool field is ``--x/--no-x``."""
+    hints = typing.get_type_hints(config_type)
+    for f in _cli_fields(config_type):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        extra = {k: f.metadata[k] for k in ("help", "choices") if k in f.metadata}
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                           **extra)
+        else:
+            p.add_argument(flag, type=base, default=f.default, **extra)
+
+
+def config_from_args(args: argparse.Namespace, config_type: type[C]) -> C:
+    return config_type(**{f.name: getattr(args, f.name) for f in _cli_fields(config_type)})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ml.checkpoint import save_checkpoint
     from ml.data import discover
     from ml.engine import TrainConfig, train
-    from ml.evaluate import format_summary
+    from ml.metrics import format_summary
 
     records = discover(args.data, split=("train", "val"))
-    cfg = TrainConfig(
-        task=args.task,
-        arch=args.arch,
-        epochs=args.epochs,
-        input_size=args.input_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        loss=args.loss,
-        focal_gamma=args.focal_gamma,
-        class_weights=args.class_weights,
-        label_smoothing=args.label_smoothing,
-        schedule=args.schedule,
-        seed=args.seed,
-        pretrained=args.pretrained,
-        val_fraction=args.val_fraction,
-        operating_sensitivity=args.operating_sensitivity,
-        patience=args.patience,
-        hflip=args.hflip,
-        max_train_images=args.max_train_images,
-        threads=args.threads,
-        device=args.device,
-        init_from=args.init_from,
-        name=args.name,
-        version=args.version,
-        progress=not args.no_progress,
-        bootstrap=args.bootstrap,
-    )
+    cfg = config_from_args(args, TrainConfig)
     out = Path(args.out)
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.stem}_train"
     result = train(cfg, records, log_dir=log_dir, command=_command_line(args.argv))
@@ -112,29 +70,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_config_args(p: argparse.ArgumentParser, config_type: type) -> None:
-    """One ``--option`` per field of a config dataclass, typed and defaulted from it."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(config_type)
-    for f in dataclasses.fields(config_type):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if args else hint
-        if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=base, default=f.default)
-
-
-def config_from_args(args: argparse.Namespace, config_type: type) -> object:
-    import dataclasses
-
-    return config_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_type)})
-
-
 def cmd_train_multi(args: argparse.Namespace) -> int:
     import json as _json
 
@@ -142,7 +77,6 @@ def cmd_train_multi(args: argparse.Namespace) -> int:
     from ml.multitask import MultiTaskConfig, train
 
     cfg = config_from_args(args, MultiTaskConfig)
-    assert isinstance(cfg, MultiTaskConfig)
     result = train(cfg, args.data, args.scope_data, command=_command_line(args.argv))
     out = Path(args.out)
     save_checkpoint(out, result.model, result.meta)
@@ -153,7 +87,8 @@ def cmd_train_multi(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ml.evaluate import evaluate_checkpoint, format_summary, write_json
+    from ml.evaluate import evaluate_checkpoint, write_json
+    from ml.metrics import format_summary
 
     ckpt = args.checkpoint or default_checkpoint(args.task)
     rep = evaluate_checkpoint(
@@ -303,9 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model and write a checkpoint")
-    _add_train_args(p)
+    from ml.engine import TrainConfig
+
+    p.add_argument(
+        "--data",
+        required=True,
+        help="data root (NORMAL/PNEUMONIA folders, train/val/test splits, or a path,label CSV)",
+    )
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--log-dir", default=None, help="history/curves dir (default <out>_train/)")
+    add_config_args(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

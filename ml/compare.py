@@ -12,18 +12,19 @@ says nothing about what a large network reaches with a GPU and ImageNet initiali
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ml.data import CachedImageDataset, discover, split_by_patient
-from ml.engine import TrainConfig, preprocessing_spec, train
+from ml.data import discover
+from ml.engine import TrainConfig, build_data, preprocessing_spec, train
 from ml.models import build_model, count_parameters
+from ml.plots import plot_comparison
 
 
 def _speed(arch: str, size: int, num_classes: int, batch: int = 32, reps: int = 3) -> float:
@@ -54,15 +55,11 @@ def run_compare(
 ) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = discover(data, split=("train", "val"))
-    train_recs, val_recs = split_by_patient(records, 0.15, seed)
-    if max_train_images and len(train_recs) > max_train_images:
-        rng = np.random.default_rng(seed)
-        keep = sorted(rng.choice(len(train_recs), max_train_images, replace=False))
-        train_recs = [train_recs[i] for i in keep]
+    base = TrainConfig(task=task, epochs=epochs, input_size=input_size, batch_size=batch_size,
+                       lr=lr, seed=seed, max_train_images=max_train_images, patience=epochs,
+                       threads=threads, progress=False, bootstrap=300)
     # Decode once, share between architectures: identical inputs for everyone.
-    train_ds = CachedImageDataset(train_recs, task, input_size)
-    val_ds = CachedImageDataset(val_recs, task, input_size)
+    train_ds, val_ds = build_data(base, discover(data, split=("train", "val")), log=lambda s: None)
     budget = {
         "epochs": epochs,
         "input_size": input_size,
@@ -78,19 +75,7 @@ def run_compare(
     print(f"budget: {budget}", flush=True)
     rows: list[dict[str, Any]] = []
     for arch in archs:
-        cfg = TrainConfig(
-            task=task,
-            arch=arch,
-            epochs=epochs,
-            input_size=input_size,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            patience=epochs,
-            threads=threads,
-            progress=False,
-            bootstrap=300,
-        )
+        cfg = dataclasses.replace(base, arch=arch)
         t0 = time.time()
         res = train(cfg, [], datasets=(train_ds, val_ds), log=lambda s: None)
         secs = time.time() - t0
@@ -114,7 +99,7 @@ def run_compare(
             json.dumps({"budget": budget, "rows": rows}, indent=2) + "\n"
         )
     _write_table(rows, budget, out_dir / "results.md")
-    _plot(rows, out_dir / "compare.png")
+    plot_comparison(rows, out_dir / "compare.png")
     return rows
 
 
@@ -145,25 +130,3 @@ def _write_table(rows: list[dict[str, Any]], budget: dict[str, Any], path: Path)
         )
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [r["arch"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    axes[0].bar(names, [r["roc_auc"] or 0 for r in rows], color="tab:blue")
-    aucs = [r["roc_auc"] or 0.0 for r in rows]
-    axes[0].set(title="val ROC AUC", ylim=(max(0.0, min(aucs) - 0.05), 1.0))
-    axes[1].bar(names, [r["train_seconds"] for r in rows], color="tab:orange")
-    axes[1].set(title="training time (s)")
-    axes[2].bar(names, [r["infer_img_s"] for r in rows], color="tab:green")
-    axes[2].set(title="inference img/s (CPU, bs 32)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

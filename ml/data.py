@@ -211,6 +211,22 @@ def split_by_patient(
     return train, val
 
 
+def training_split(
+    records: Sequence[Record],
+    val_fraction: float,
+    seed: int,
+    max_train_images: int | None = None,
+) -> tuple[list[Record], list[Record]]:
+    """``split_by_patient``, then at most ``max_train_images`` training records (a seeded
+    subsample, for quick runs and comparisons; validation is never subsampled)."""
+    train, val = split_by_patient(records, val_fraction, seed)
+    if max_train_images and len(train) > max_train_images:
+        rng = np.random.default_rng(seed)
+        keep = sorted(rng.choice(len(train), max_train_images, replace=False))
+        train = [train[i] for i in keep]
+    return train, val
+
+
 def summarize(records: Sequence[Record], task: str) -> dict[str, object]:
     classes = TASK_CLASSES[task]
     counts = Counter(classes[label_index(r.label, task) or 0] for r in records)

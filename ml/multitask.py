@@ -8,9 +8,10 @@ The heads are slices of one linear layer on the global-average-pooled features
 (``HEADS``), so plain CAM for any class of any head comes from the same features, and the
 serving cost is one trunk pass for all three answers.
 
-Training is shaped like torchvision's reference scripts: ``build_data``, ``build_model``,
+Training is shaped like torchvision's reference scripts: ``build_data``, ``build_model_for``,
 ``build_optimizer``, ``train_one_epoch``, ``evaluate``; ``train`` runs them and chooses the
-operating points (``choose_operating_points``).
+operating points (``choose_operating_points``). What every training shares (seeding, device,
+optimiser and schedule, class weights, batched inference) comes from ``ml.engine``.
 
 Selection and operating points are chosen for an *unseen site*, not for the validation split:
 the model is selected on the mean of clean and perturbed validation AUCs (``STRESS``: exposure,
@@ -33,9 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
-from ml.data import TASK_CLASSES, Record, discover, label_index, split_by_patient, summarize
-from ml.engine import GRAY_MEAN, GRAY_STD
-from ml.evaluate import compute_metrics, full_report
+from ml.data import TASK_CLASSES, Record, discover, label_index, summarize, training_split
+from ml.engine import (
+    GRAY_MEAN,
+    GRAY_STD,
+    balanced_weights,
+    build_optimizer,
+    predict_logits,
+    seed_everything,
+    setup_device,
+)
+from ml.metrics import auc_or_chance, compute_metrics, full_report, macro_roc_auc
 from ml.models import CamModel, build_model, count_parameters
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
 from ml.scope import SCOPE_CLASSES, scope_verdicts
@@ -52,7 +61,7 @@ HEADS: dict[str, list[str]] = {
     "etiology": TASK_CLASSES["etiology"],
     "scope": SCOPE_CLASSES,
 }
-IGNORE = -100
+IGNORE = -100  # F.cross_entropy's default ignore_index
 
 
 def head_slices(heads: dict[str, list[str]] = HEADS) -> dict[str, tuple[int, int]]:
@@ -238,11 +247,8 @@ class Data:
 def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
                log: Callable[[str], None]) -> Data:
     records = [r for r in discover(paediatric_root) if label_index(r.label, "binary") is not None]
-    train_recs, val_recs = split_by_patient(records, cfg.val_fraction, cfg.seed)
-    if cfg.max_train_images and len(train_recs) > cfg.max_train_images:
-        rng = np.random.default_rng(cfg.seed)
-        keep = sorted(rng.choice(len(train_recs), cfg.max_train_images, replace=False))
-        train_recs = [train_recs[i] for i in keep]
+    train_recs, val_recs = training_split(records, cfg.val_fraction, cfg.seed,
+                                          cfg.max_train_images)
     log(f"decoding {len(train_recs)} + {len(val_recs)} paediatric images at {cfg.input_size}px")
     train_paed, train_recs = _paediatric_split(train_recs, cfg.input_size, log)
     val_paed, val_recs = _paediatric_split(val_recs, cfg.input_size, log)
@@ -340,24 +346,6 @@ def init_from_checkpoint(model: CamModel, path: str, arch: str) -> list[str]:
     return sorted(k for k in own if k not in kept)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: MultiTaskConfig, steps: int
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    # No weight decay on BatchNorm and bias parameters (decaying BN scales fights the norm).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
-                                                pct_start=0.2)
-    return opt, sched
-
-
-def balanced_weights(labels: torch.Tensor, k: int) -> torch.Tensor:
-    """n / (k * n_c) over the labelled samples: every class weighs the same in the loss."""
-    counts = torch.bincount(labels[labels != IGNORE], minlength=k).float()
-    return counts.sum() / (k * counts.clamp(min=1))
-
-
 def multitask_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor],
                    weights: dict[str, torch.Tensor | None], cfg: MultiTaskConfig
                    ) -> torch.Tensor:
@@ -428,28 +416,6 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
     return running / max(seen, 1)
 
 
-@torch.inference_mode()
-def predict_logits(model: CamModel, images: torch.Tensor, device: torch.device,
-                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   batch_size: int = 128) -> torch.Tensor:
-    """Logits of the whole output vector for uint8 (N,S,S) images, optionally perturbed."""
-    model.eval()
-    outs = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].float().div_(255.0).unsqueeze(1)
-        if transform is not None:
-            x = transform(x)
-        _, logits = model(normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device))
-        outs.append(logits.float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0, sum(len(c) for c in HEADS.values()))
-
-
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < len(positive) else 0.5
-
-
 def head_probs(logits: torch.Tensor, name: str, temperature: float = 1.0) -> np.ndarray:
     a, b = head_slices()[name]
     return apply_temperature(logits[:, a:b], temperature)
@@ -462,18 +428,15 @@ def evaluate(model: CamModel, data: Data, device: torch.device,
     val = data.val_paed
     is_pneu = (val.binary == 1).numpy()
     clean = predict_logits(model, val.images, device)
-    out: dict[str, float] = {"val_auc": _auc(head_probs(clean, "binary")[:, 1], is_pneu)}
+    out: dict[str, float] = {"val_auc": auc_or_chance(is_pneu, head_probs(clean, "binary")[:, 1])}
     eti = head_probs(clean, "etiology")
-    from sklearn.metrics import roc_auc_score
-
-    out["val_etiology_macro_auc"] = float(roc_auc_score(val.etiology.numpy(), eti,
-                                                        multi_class="ovr", average="macro"))
+    out["val_etiology_macro_auc"] = macro_roc_auc(val.etiology.numpy(), eti)
     out["val_etiology_accuracy_argmax"] = float((eti.argmax(1) == val.etiology.numpy()).mean())
     p_in = [head_probs(clean, "scope")[:, 0]]
     stress_aucs = []
     for name in stress:
         logits = predict_logits(model, val.images, device, STRESS[name])
-        stress_aucs.append(_auc(head_probs(logits, "binary")[:, 1], is_pneu))
+        stress_aucs.append(auc_or_chance(is_pneu, head_probs(logits, "binary")[:, 1]))
         p_in.append(head_probs(logits, "scope")[:, 0])
     out["val_stress_auc"] = float(np.mean(stress_aucs)) if stress_aucs else out["val_auc"]
     neg = head_probs(predict_logits(model, data.val_scope.images, device), "scope")[:, 0]
@@ -481,8 +444,8 @@ def evaluate(model: CamModel, data: Data, device: torch.device,
                      "scope")[:, 0]
     paed = np.concatenate(p_in)
     others = np.concatenate([neg, inv])
-    out["val_scope_auc"] = _auc(np.concatenate([paed, others]),
-                                np.r_[np.ones(len(paed)), np.zeros(len(others))])
+    out["val_scope_auc"] = auc_or_chance(np.r_[np.ones(len(paed)), np.zeros(len(others))],
+                                         np.concatenate([paed, others]))
     out["score"] = (0.4 * out["val_stress_auc"] + 0.2 * out["val_auc"]
                     + 0.2 * out["val_etiology_macro_auc"] + 0.2 * out["val_scope_auc"])
     return out
@@ -607,14 +570,10 @@ class MultiTaskResult:
 def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
           command: str = "", log: Callable[[str], None] | None = None,
           data: Data | None = None) -> MultiTaskResult:
-    from ml.engine import seed_everything, select_device
-
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     t_start = time.time()
     seed_everything(cfg.seed)
-    device = select_device(cfg.device)
-    if device.type == "cpu" and cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    device = setup_device(cfg.device, cfg.threads)
     data = data or build_data(cfg, paediatric_root, scope_root, log)
     log(f"data {data.summary}")
     model = build_model_for(cfg)
@@ -626,10 +585,11 @@ def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | P
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data.train_paed) + cfg.adult_per_epoch + cfg.lateral_per_epoch
                  + cfg.other_per_epoch) // cfg.batch_size
-    opt, sched = build_optimizer(model, cfg, max(10, per_epoch * cfg.epochs + 1))
+    opt, sched = build_optimizer(model, cfg.lr, cfg.weight_decay,
+                                 max(10, per_epoch * cfg.epochs + 1))
     weights: dict[str, torch.Tensor | None] = {
-        "binary": balanced_weights(data.train_paed.binary, 2).to(device),
-        "etiology": balanced_weights(data.train_paed.etiology, 3).to(device),
+        "binary": balanced_weights(data.train_paed.binary, 2, IGNORE).to(device),
+        "etiology": balanced_weights(data.train_paed.etiology, 3, IGNORE).to(device),
         "scope": None,
     }
     history: list[dict[str, float]] = []

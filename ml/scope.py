@@ -95,9 +95,10 @@ def scope_verdict(
     reason = scope_from_metadata(metadata)
     if reason is not None:
         return ScopeVerdict(False, reason, "metadata", p_in)
-    if p_in >= threshold:
-        return ScopeVerdict(True, None, "pixels", p_in)
-    return ScopeVerdict(False, SCOPE_CLASSES[1 + int(probs[1:].argmax())], "pixels", p_in)
+    # The pixel rule is scope_verdicts', applied to one row.
+    (in_scope,), (idx,) = scope_verdicts(probs[None], threshold)
+    return ScopeVerdict(bool(in_scope), None if in_scope else SCOPE_CLASSES[int(idx)], "pixels",
+                        p_in)
 
 
 def scope_verdicts(

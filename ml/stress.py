@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ml.data import discover, label_index, split_by_patient
-from ml.evaluate import compute_metrics
+from ml.metrics import compute_metrics
 from ml.multitask import STRESS
 from ml.predictor import Predictor
 from ml.preprocess import decode_image, normalize, resize_pixels

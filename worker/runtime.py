@@ -25,6 +25,7 @@ from django.db import connections
 
 from backend.config.sizing import torch_threads
 from ml.decode import WORKING_COPY_SIDE
+from ml.device import select_device as ml_select_device
 from ml.predictor import Prediction, Predictor
 from ml.preprocess import preprocess
 from ml.sandbox import Sandbox
@@ -76,11 +77,12 @@ class Models:
 
 
 def select_device() -> torch.device:
+    """settings.INFERENCE_DEVICE; "auto" is ml.device's choice (CUDA when available).
+
+    Only ever called in a pool process (after the fork), never in a worker's parent: CUDA
+    initialised before a fork is unusable in the children."""
     choice = settings.INFERENCE_DEVICE
-    if choice == "auto":
-        # Only ever called in a pool process (after the fork), never in a worker's parent.
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
+    return ml_select_device(None if choice == "auto" else choice)
 
 
 def cpu_threads(pool_processes: int) -> int | None:

@@ -17,6 +17,7 @@ from ml.data import (
     split_by_patient,
     summarize,
     task_records,
+    training_split,
 )
 
 
@@ -99,6 +100,15 @@ def test_patient_split_on_real_data(kermany_dir: Path) -> None:
     other, _ = split_by_patient(recs, 0.15, seed=7)
     assert [r.path for r in again] == [r.path for r in train]
     assert {r.patient for r in other} != train_p
+
+
+def test_training_split_subsamples_training_only(synthetic_folder: Path) -> None:
+    recs = discover(synthetic_folder)
+    train, val = split_by_patient(recs, 0.25, seed=42)
+    small, same_val = training_split(recs, 0.25, seed=42, max_train_images=10)
+    assert same_val == val and len(small) == 10
+    assert {r.path for r in small} <= {r.path for r in train}
+    assert training_split(recs, 0.25, seed=42) == (train, val)
 
 
 def test_cached_dataset(synthetic_folder: Path) -> None:

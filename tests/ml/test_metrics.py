@@ -1,18 +1,15 @@
-"""ml.evaluate: metrics against hand counts, CIs, ECE, plots."""
+"""ml.metrics: metrics against hand counts, CIs, ECE."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ml.evaluate import (
+from ml.metrics import (
     bootstrap_ci,
     compute_metrics,
     expected_calibration_error,
     predict_labels,
-    save_plots,
 )
 
 
@@ -60,10 +57,3 @@ def test_ece() -> None:
     assert expected_calibration_error(probs, labels) < 0.02
     overconfident = np.stack([np.zeros_like(conf), np.ones_like(conf)], 1)
     assert expected_calibration_error(overconfident, labels) > 0.2
-
-
-def test_plots(tmp_path: Path) -> None:
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    paths = save_plots(probs, np.array([0, 1, 0, 1]), ["normal", "pneumonia"], 0.5, tmp_path)
-    assert {p.name for p in paths} == {"roc.png", "pr.png", "confusion.png"}
-    assert all(p.stat().st_size > 1000 for p in paths)
