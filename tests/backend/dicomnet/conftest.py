@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +125,11 @@ class Listener:
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", self.port)) == 0
 
+    def resends_answered(self) -> int:
+        """How many instances it has acknowledged without storing (logged as each C-STORE is
+        answered): the event a resend test waits on."""
+        return self.log.read_text(errors="replace").count("not stored: already received")
+
     def stop(self) -> None:
         stop_process(self.process)
 
@@ -163,6 +167,3 @@ def listener(db_name: str, tmp_path: Path) -> Iterator[Listener]:  # noqa: F811
 def wait_until(predicate: Any, timeout: float = 60) -> Any:
     return wait_for(predicate, timeout=timeout, interval=0.3)
 
-
-def sleep(seconds: float) -> None:
-    time.sleep(seconds)

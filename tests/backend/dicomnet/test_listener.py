@@ -12,7 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.backend.dicomnet.conftest import Listener, echo, sleep, store, wait_until
+from tests.backend.dicomnet.conftest import Listener, echo, store, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,9 +64,10 @@ def test_instances_are_grouped_by_study_and_resends_are_not_stored_twice(
     expected = {"studies": len({str(h.StudyInstanceUID) for h in headers}),
                 "instances": len({str(h.SOPInstanceUID) for h in headers})}
     wait_until(lambda: received(user.hospital) == expected, timeout=30)
+    answered = listener.resends_answered()
     again = store(listener.port, hospital_ae, dicom_files)
     assert again.returncode == 0
-    sleep(1)
+    wait_until(lambda: listener.resends_answered() >= answered + len(dicom_files), timeout=30)
     assert received(user.hospital) == expected
     stored = ReceivedInstance.objects.first()
     assert stored is not None

@@ -12,7 +12,7 @@ from typing import Any
 import pydicom
 import pytest
 
-from tests.backend.dicomnet.conftest import Listener, Orthanc, echo, sleep, store, wait_until
+from tests.backend.dicomnet.conftest import Listener, Orthanc, echo, store, wait_until
 from tests.conftest import client_for
 from tests.worker.conftest import launch_worker, stop_worker, wait_ready
 
@@ -72,7 +72,7 @@ def all_studies_finished() -> bool:
 def test_results_of_received_studies_land_in_the_source_studies_once(
         configured: Any, listener: Listener, worker: Any, orthanc: Orthanc,
         dicom_files: list[Path]) -> None:
-    from backend.dicomnet.models import DicomOutput
+    from backend.dicomnet.models import DicomOutput, ReceivedInstance
     from backend.studies.models import Image
 
     assert echo(listener.port, "STRANGER").returncode != 0  # refused at association
@@ -101,9 +101,11 @@ def test_results_of_received_studies_land_in_the_source_studies_once(
 
     # Sending the same files again classifies nothing twice and duplicates nothing.
     images_before = Image.objects.count()
+    answered = listener.resends_answered()
     again = store(listener.port, MODALITY, dicom_files)
     assert again.returncode == 0
-    sleep(4)
+    wait_until(lambda: listener.resends_answered() >= answered + len(dicom_files), timeout=30)
+    assert not ReceivedInstance.objects.filter(ingested=False).exists()  # nothing new to ingest
     assert Image.objects.count() == images_before
     assert pacs_counts(orthanc) == {"SR": srs, "OT": heatmaps}
 
