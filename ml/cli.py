@@ -51,8 +51,26 @@ def config_from_args(args: argparse.Namespace, config_type: type[C]) -> C:
     return config_type(**{f.name: getattr(args, f.name) for f in _cli_fields(config_type)})
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def add_checkpoint_args(p: argparse.ArgumentParser, checkpoint_help: str | None = None) -> None:
+    """``--checkpoint`` and ``--task``: a checkpoint file, by default the shipped model of the
+    task (``checkpoint_from_args``)."""
+    p.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    p.add_argument("--task", choices=TASKS, default="binary")
+
+
+def checkpoint_from_args(args: argparse.Namespace) -> str | Path:
+    return args.checkpoint or default_checkpoint(args.task)
+
+
+def _save_trained(out: Path, model: Any, meta: dict[str, Any]) -> str:
+    """Write the checkpoint of a training; the line that says where and how large."""
     from ml.checkpoint import save_checkpoint
+
+    save_checkpoint(out, model, meta)
+    return f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from ml.data import discover
     from ml.engine import TrainConfig, train
     from ml.metrics import format_summary
@@ -62,8 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     log_dir = Path(args.log_dir) if args.log_dir else out.parent / f"{out.stem}_train"
     result = train(cfg, records, log_dir=log_dir, command=_command_line(args.argv))
-    save_checkpoint(out, result.model, result.meta)
-    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB); logs in {log_dir}")
+    print(f"{_save_trained(out, result.model, result.meta)}; logs in {log_dir}")
     print("validation (calibrated, at the stored threshold):")
     print(format_summary(result.meta["validation"]))
     print(f"training time {result.meta['training_seconds']:.0f} s")
@@ -71,17 +88,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_multi(args: argparse.Namespace) -> int:
-    import json as _json
-
-    from ml.checkpoint import save_checkpoint
     from ml.multitask import MultiTaskConfig, train
 
     cfg = config_from_args(args, MultiTaskConfig)
     result = train(cfg, args.data, args.scope_data, command=_command_line(args.argv))
-    out = Path(args.out)
-    save_checkpoint(out, result.model, result.meta)
-    print(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    print(_json.dumps(result.meta["validation"], indent=1, default=str))
+    print(_save_trained(Path(args.out), result.model, result.meta))
+    print(json.dumps(result.meta["validation"], indent=1, default=str))
     print(f"training time {result.meta['training_seconds']:.0f} s")
     return 0
 
@@ -90,7 +102,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ml.evaluate import evaluate_checkpoint, write_json
     from ml.metrics import format_summary
 
-    ckpt = args.checkpoint or default_checkpoint(args.task)
+    ckpt = checkpoint_from_args(args)
     rep = evaluate_checkpoint(
         ckpt,
         args.data,
@@ -112,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ml.evaluate import recalibrate_checkpoint
 
-    ckpt = args.checkpoint or default_checkpoint(args.task)
+    ckpt = checkpoint_from_args(args)
     meta = recalibrate_checkpoint(
         ckpt,
         args.data,
@@ -133,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ml.predictor import Predictor
     from ml.preprocess import ImageDecodeError, decode_image
 
-    ckpt = args.checkpoint or default_checkpoint(args.task)
+    ckpt = checkpoint_from_args(args)
     pred = Predictor.from_checkpoint(ckpt, device=args.device, head=args.task)
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir:
@@ -195,14 +207,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ml.bench import run_bench, run_versus
+    from ml.evaluate import write_json
 
-    ckpt = args.checkpoint or default_checkpoint(args.task)
+    ckpt = checkpoint_from_args(args)
     if args.versus:
         result = run_versus(ckpt, args.versus, data=args.data, batch_size=args.batch_sizes[-1],
                             rounds=args.repeats, device=args.device, threads=args.threads)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            write_json(result, args.json)
         return 0
     rows = run_bench(
         ckpt,
@@ -214,13 +226,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(rows, args.json)
         print(f"wrote {args.json}")
     return 0
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
+    from ml.evaluate import write_json
     from ml.stress import format_table, stress_test
 
     ckpt = args.checkpoint or default_checkpoint("binary")
@@ -228,8 +240,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     print(f"stress test of {ckpt} on its validation split of {args.data}:")
     print(format_table(rows))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(rows, args.json)
     return 0
 
 
@@ -264,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_multi)
 
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on a labelled folder")
-    p.add_argument("--checkpoint", default=None, help="default: the shipped model of --task")
-    p.add_argument("--task", choices=TASKS, default="binary")
+    add_checkpoint_args(p, checkpoint_help="default: the shipped model of --task")
     p.add_argument("--data", required=True)
     p.add_argument(
         "--split",
@@ -282,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("calibrate", help="refit temperature + threshold on site data")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--task", choices=TASKS, default="binary")
+    add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="labelled local images (same layouts)")
     p.add_argument("--out", required=True)
     p.add_argument(
@@ -297,8 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify images (JPEG/PNG/DICOM)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--task", choices=TASKS, default="binary")
+    add_checkpoint_args(p)
     p.add_argument("--heatmaps", default=None, help="write CAM overlays (PNG) here")
     p.add_argument(
         "--scope", choices=("enforce", "warn"), default="enforce",
@@ -325,8 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="throughput (images/s) per batch size")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--task", choices=TASKS, default="binary")
+    add_checkpoint_args(p)
     p.add_argument(
         "--data",
         default=None,

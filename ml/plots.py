@@ -8,7 +8,8 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -21,6 +22,28 @@ from sklearn.metrics import (
 
 from ml.decision import decide
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend: imported when a figure is drawn, never on import
+    of this module, and without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Figure, path: Path, dpi: int) -> Path:
+    """Lay out, write and close the figure (a training draws one every epoch: none is kept)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
 
 def save_plots(
     probs: np.ndarray,
@@ -31,11 +54,7 @@ def save_plots(
     prefix: str = "",
 ) -> list[Path]:
     """ROC, precision-recall and confusion-matrix PNGs (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = list(classes)
@@ -60,20 +79,14 @@ def save_plots(
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (pneumonia vs normal)")
         ax.legend(loc="lower right")
-        fig.tight_layout()
-        paths.append(out_dir / f"{prefix}roc.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out_dir / f"{prefix}roc.png", dpi=110))
 
         prec, rec, _ = precision_recall_curve(y_pos, score)
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.plot(rec, prec, label=f"AP={average_precision_score(y_pos, score):.3f}")
         ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
         ax.legend(loc="lower left")
-        fig.tight_layout()
-        paths.append(out_dir / f"{prefix}pr.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, out_dir / f"{prefix}pr.png", dpi=110))
 
     cm = confusion_matrix(labels, pred_lbl, labels=list(range(len(classes))))
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -91,20 +104,13 @@ def save_plots(
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
-    fig.tight_layout()
-    paths.append(out_dir / f"{prefix}confusion.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / f"{prefix}confusion.png", dpi=110))
     return paths
 
 
 def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
     """Training and validation loss, validation ROC AUC and accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     ep = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     axes[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
@@ -115,9 +121,7 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
     axes[1].plot(ep, [h["val_accuracy"] for h in history], label="val accuracy (argmax)")
     axes[1].set(xlabel="epoch", ylim=(0.5, 1.0))
     axes[1].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
 
 
 def write_history(history: Sequence[dict[str, float]], log_dir: Path) -> None:
@@ -135,11 +139,7 @@ def write_history(history: Sequence[dict[str, float]], log_dir: Path) -> None:
 def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """``python -m ml compare``: validation AUC, training time and inference speed per
     architecture."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = [r["arch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     axes[0].bar(names, [r["roc_auc"] or 0 for r in rows], color="tab:blue")
@@ -151,6 +151,4 @@ def plot_comparison(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[2].set(title="inference img/s (CPU, bs 32)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
