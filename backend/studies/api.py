@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from django.db.models import prefetch_related_objects
 from django.http import FileResponse, Http404, HttpResponse
-from drf_spectacular.utils import OpenApiResponse, OpenApiTypes, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    OpenApiTypes,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -187,49 +194,55 @@ class StudyImagesApi(APIView):
         return Response(ImageSerializer(selectors.study_images(study=study), many=True).data)
 
 
-def _study_action(request: Request, study_id: UUID, *, operation: Any, action: str,
-                  detail_key: str) -> Response:
-    """Run a state change on one of the caller's studies, audit it, answer with the study."""
-    study = selectors.study_get(user=request.user, study_id=study_id)
-    try:
-        changed = operation(study_id=study.id)
-    except services.StudyStateError as exc:
-        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-    audit_record(action=action, user=request.user, request=request, object_type="study",
-                 object_id=study.id, detail={detail_key: changed})
-    study = selectors.study_get(user=request.user, study_id=study.id)
-    return Response(StudyActionOutputSerializer(
-        {"study": study, "images_changed": changed}).data)
+def _study_action_schema(conflict: str) -> Any:
+    """The schema of a study action's POST; `conflict` says when its 409 answers."""
+    return extend_schema(request=None, responses={
+        200: StudyActionOutputSerializer,
+        409: OpenApiResponse(DETAIL, description=conflict),
+    })
 
 
-class StudyCancelApi(APIView):
+class _StudyActionApi(APIView):
+    """POST runs a state change on one of the caller's studies, audits it and answers with the
+    study (409 when the study's state refuses it). A subclass is one operation: the service it
+    runs, its audit action and the audit detail's key for the number of images changed."""
+
+    permission_classes = [HasHospital]
+    operation: Callable[..., int]
+    audit_action: str
+    detail_key: str
+
+    def post(self, request: Request, study_id: UUID) -> Response:
+        study = selectors.study_get(user=request.user, study_id=study_id)
+        try:
+            changed = self.operation(study_id=study.id)
+        except services.StudyStateError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        audit_record(action=self.audit_action, user=request.user, request=request,
+                     object_type="study", object_id=study.id,
+                     detail={self.detail_key: changed})
+        study = selectors.study_get(user=request.user, study_id=study.id)
+        return Response(StudyActionOutputSerializer(
+            {"study": study, "images_changed": changed}).data)
+
+
+@extend_schema_view(post=_study_action_schema("The study is already finished."))
+class StudyCancelApi(_StudyActionApi):
     """Cancel a queued or processing study: its queued images are not processed."""
 
-    permission_classes = [HasHospital]
-
-    @extend_schema(request=None, responses={
-        200: StudyActionOutputSerializer,
-        409: OpenApiResponse(DETAIL, description="The study is already finished."),
-    })
-    def post(self, request: Request, study_id: UUID) -> Response:
-        return _study_action(request, study_id, operation=services.study_cancel,
-                             action=AuditEvent.Action.STUDY_CANCELLED,
-                             detail_key="images_cancelled")
+    # staticmethod: a plain function as a class attribute would be bound to the view.
+    operation = staticmethod(services.study_cancel)
+    audit_action = AuditEvent.Action.STUDY_CANCELLED
+    detail_key = "images_cancelled"
 
 
-class StudyRetryApi(APIView):
+@extend_schema_view(post=_study_action_schema("No failed images to retry."))
+class StudyRetryApi(_StudyActionApi):
     """Requeue the study's failed images."""
 
-    permission_classes = [HasHospital]
-
-    @extend_schema(request=None, responses={
-        200: StudyActionOutputSerializer,
-        409: OpenApiResponse(DETAIL, description="No failed images to retry."),
-    })
-    def post(self, request: Request, study_id: UUID) -> Response:
-        return _study_action(request, study_id, operation=services.study_retry,
-                             action=AuditEvent.Action.STUDY_RETRIED,
-                             detail_key="images_requeued")
+    operation = staticmethod(services.study_retry)
+    audit_action = AuditEvent.Action.STUDY_RETRIED
+    detail_key = "images_requeued"
 
 
 def _export(request: Request, study_id: UUID, fmt: str) -> HttpResponse:
