@@ -98,19 +98,40 @@ def _store_screened(
     return accepted, rejected
 
 
-def _image_rows(study: Study, accepted: list[tuple[ScreenedFile, str]]) -> list[Image]:
-    return Image.objects.bulk_create([
+def _add_queued_images(study: Study, accepted: list[tuple[ScreenedFile, str]]) -> list[Image]:
+    """The rows of the accepted files, queued for the workers once the transaction commits."""
+    images = Image.objects.bulk_create([
         Image(study=study, file=name, original_name=item.name[:500], sha256=item.sha256,
               size_bytes=item.size, format=item.format)
         for item, name in accepted
     ])
+    study_id = study.id
+    transaction.on_commit(lambda: lifecycle.study_enqueue_safely(study_id=study_id), robust=True)
+    return images
 
 
-def _delete_uncommitted(stored: list[str]) -> None:
-    """Remove the files of rows that were never committed (the request failed before)."""
-    for name in stored:
-        with contextlib.suppress(Exception):  # best effort; the orphan sweep catches the rest
-            default_storage.delete(name)
+@dataclass
+class _StoredFiles:
+    names: list[str] = field(default_factory=list)
+    committed: bool = False
+
+
+@contextlib.contextmanager
+def _until_committed() -> Iterator[_StoredFiles]:
+    """The files a block stores (`names`), deleted on leaving it unless it set `committed`.
+
+    Files are deleted only when their rows were never committed: once committed, an error in
+    what follows (e.g. the broker is down) must never lose an accepted file.
+    """
+    stored = _StoredFiles()
+    try:
+        yield stored
+    finally:
+        if not stored.committed:
+            for name in stored.names:
+                # Best effort; the orphan sweep catches the rest.
+                with contextlib.suppress(Exception):
+                    default_storage.delete(name)
 
 
 def study_create(
@@ -136,11 +157,10 @@ def study_create(
                                      f"files; {len(uploads)} were sent.")],
         )
     study_id = uuid.uuid4()
-    stored: list[str] = []
-    committed = False
-    try:
+    with _until_committed() as stored:
         accepted, rejected = _store_screened(uploads, study_id=study_id, seen=set(),
-                                             room=settings.MAX_FILES_PER_STUDY, stored=stored)
+                                             room=settings.MAX_FILES_PER_STUDY,
+                                             stored=stored.names)
         if not accepted and not receiving:
             return StudyCreateOutcome(study=None, rejected=rejected)
         with transaction.atomic():
@@ -148,15 +168,8 @@ def study_create(
                 id=study_id, hospital=user.hospital, created_by=user, name=name,
                 accession_number=accession_number, priority=priority, receiving=receiving,
             )
-            images = _image_rows(study, accepted)
-            transaction.on_commit(lambda: lifecycle.study_enqueue_safely(study_id=study_id),
-                                  robust=True)
-        committed = True
-    finally:
-        # Files are deleted only when their rows were never committed: once committed, an
-        # error in what follows (e.g. the broker is down) must never lose an accepted file.
-        if not committed:
-            _delete_uncommitted(stored)
+            images = _add_queued_images(study, accepted)
+        stored.committed = True
     return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
 
 
@@ -168,22 +181,15 @@ def study_append(*, study_id: UUID, uploads: Sequence[UploadedFile]) -> StudyCre
                               "upload it in several parts.")
     existing = list(study.images.values_list("sha256", flat=True))
     room = max(0, settings.MAX_FILES_PER_STUDY - len(existing))
-    stored: list[str] = []
-    committed = False
-    try:
+    with _until_committed() as stored:
         accepted, rejected = _store_screened(uploads, study_id=study_id, seen=set(existing),
-                                             room=room, stored=stored)
+                                             room=room, stored=stored.names)
         with transaction.atomic():
             study = Study.objects.select_for_update().get(id=study_id)
             if not study.receiving:  # closed while this part was being stored
                 raise StudyStateError("This study was closed while the part was uploading.")
-            images = _image_rows(study, accepted)
+            images = _add_queued_images(study, accepted)
             Study.objects.filter(id=study_id).update(updated_at=timezone.now())
-            transaction.on_commit(lambda: lifecycle.study_enqueue_safely(study_id=study_id),
-                                  robust=True)
-        committed = True
-    finally:
-        if not committed:
-            _delete_uncommitted(stored)
+        stored.committed = True
     lifecycle.study_refresh_status(study_id=study_id)
     return StudyCreateOutcome(study=study, accepted=images, rejected=rejected)
