@@ -20,6 +20,7 @@ import io
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -102,16 +103,26 @@ class OutputUids:
     instance: str
 
 
-def sr_uids(source: Dataset, findings: Findings) -> OutputUids:
+def output_uids(source: Dataset, findings: Findings, kind: str) -> OutputUids:
+    """The series and instance UIDs of our object of `kind` ("sr", "sc") for the source image:
+    the same each time for one model version, new ones for another."""
     model = (findings.model_name, findings.model_version)
-    return OutputUids(series=derived_uid(str(source.StudyInstanceUID), "sr", *model),
-                      instance=derived_uid(str(source.SOPInstanceUID), "sr", *model))
+    return OutputUids(series=derived_uid(str(source.StudyInstanceUID), kind, *model),
+                      instance=derived_uid(str(source.SOPInstanceUID), kind, *model))
 
 
-def sc_uids(source: Dataset, findings: Findings) -> OutputUids:
-    model = (findings.model_name, findings.model_version)
-    return OutputUids(series=derived_uid(str(source.StudyInstanceUID), "sc", *model),
-                      instance=derived_uid(str(source.SOPInstanceUID), "sc", *model))
+def _series_arguments(source: Dataset, uids: OutputUids, *, series_number: int,
+                      description: str) -> dict[str, Any]:
+    """Where a derived object stands (its own series and instance, numbered as its source) and
+    who made it: the arguments highdicom's SR and SC constructors take alike."""
+    return {
+        "series_instance_uid": uids.series,
+        "series_number": series_number,
+        "sop_instance_uid": uids.instance,
+        "instance_number": _instance_number(source),
+        "manufacturer": MANUFACTURER,
+        "series_description": description[:64],
+    }
 
 
 def _reason_code(reason: str) -> Code:
@@ -140,7 +151,7 @@ def clean_source(source: Dataset) -> Dataset:
 def build_sr(source: Dataset, findings: Findings) -> hd.sr.ComprehensiveSR:
     """The TID 1500 report for one source image (its header: no pixels needed)."""
     source = clean_source(source)
-    uids = sr_uids(source, findings)
+    uids = output_uids(source, findings, "sr")
     algorithm = hd.sr.AlgorithmIdentification(
         name=findings.model_name, version=findings.model_version, manufacturer=MANUFACTURER)
     measurements: list[hd.sr.Measurement] = []
@@ -188,13 +199,9 @@ def build_sr(source: Dataset, findings: Findings) -> hd.sr.ComprehensiveSR:
     return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
-        series_instance_uid=uids.series,
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids.instance,
-        instance_number=_instance_number(source),
-        manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=f"PneumoScan {findings.model_version} report"[:64],
+        **_series_arguments(source, uids, series_number=SR_SERIES_NUMBER,
+                            description=f"PneumoScan {findings.model_version} report"),
     )
 
 
@@ -239,7 +246,7 @@ def build_heatmap_sc(source: Dataset, findings: Findings, *, radiograph: np.ndar
                      heatmap_png: bytes) -> hd.sc.SCImage:
     """The secondary-capture heatmap of one classified image."""
     source = clean_source(source)
-    uids = sc_uids(source, findings)
+    uids = output_uids(source, findings, "sc")
     label = "pneumonia" if findings.pneumonia else "no pneumonia"
     caption = (f"{findings.model_name} {findings.model_version}: {label}, "
                f"p={findings.probability:.2f} (threshold {findings.threshold:.2f})")
@@ -254,14 +261,10 @@ def build_heatmap_sc(source: Dataset, findings: Findings, *, radiograph: np.ndar
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=uids.series,
-        series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=uids.instance,
-        instance_number=_instance_number(source),
-        manufacturer=MANUFACTURER,
         patient_orientation=orientation,
         transfer_syntax_uid="1.2.840.10008.1.2.1",  # explicit VR little endian
-        series_description=f"PneumoScan {findings.model_version} heatmap"[:64],
+        **_series_arguments(source, uids, series_number=SC_SERIES_NUMBER,
+                            description=f"PneumoScan {findings.model_version} heatmap"),
     )
     sc.BurnedInAnnotation = "YES"
     if "Laterality" not in sc and "ImageLaterality" not in sc:
