@@ -18,7 +18,6 @@ statuses. The bar (issue 15): answered 201 within 60 s, done within 300 s after 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import FINAL, Client, running_stack
-from support import DICOM_DIR, KERMANY_TRAIN, REPO_ROOT
+from support import DICOM_DIR, KERMANY_TRAIN, REPO_ROOT, dicom_bytes, dicom_header
 
 SYNTAXES = ("JPEG2000Lossless", "JPEGLSLossless")
 
@@ -38,29 +37,17 @@ def dicom_of(path: Path, syntax: str, side: int, index: int) -> bytes:
     CR detector writes them; pydicom's encoders): ~400 kB, like the batch of issue 15."""
     import pydicom.uid
     from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
 
     with Image.open(path) as image:
         gray = image.convert("L").resize((side, side * 5 // 6), Image.Resampling.BICUBIC)
         pixels = np.asarray(gray, dtype=np.uint16) * 16  # 12 bits stored
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
-    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = dicom_header(*pixels.shape, bits_allocated=16, bits_stored=12)
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "AP"
     ds.PatientAge, ds.AccessionNumber = "004Y", f"BENCH{index:05d}"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = pixels.tobytes()
     ds.compress(getattr(pydicom.uid, syntax))
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return dicom_bytes(ds)
 
 
 def build_batch(n: int, side: int) -> list[Path]:

@@ -1,5 +1,6 @@
 """Helpers shared by the tests and the benchmarks (never imported by the product): where the
-data sets are, free ports, waiting for a condition, real X-rays and full-size radiographs."""
+data sets are, free ports, waiting for a condition, real X-rays, full-size radiographs and
+crafted DICOM files."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PNEUMO_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 KERMANY_TRAIN = DATA_DIR / "kermany-cxr" / "train"
 DICOM_DIR = DATA_DIR / "dicom"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
 def free_port() -> int:
@@ -71,3 +76,31 @@ def rss_mb(pid: int | str = "self") -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def dicom_header(rows: int, columns: int, *, bits_allocated: int = 16,
+                 bits_stored: int = 12) -> Dataset:
+    """A CR image (Explicit VR Little Endian, fresh UIDs) of `rows` x `columns` unsigned
+    MONOCHROME2 pixels, without its pixel data: what a crafted DICOM starts from."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored = bits_allocated, bits_stored
+    ds.HighBit, ds.PixelRepresentation = bits_stored - 1, 0
+    return ds
+
+
+def dicom_bytes(ds: Dataset) -> bytes:
+    """The dataset as the bytes of a DICOM file (preamble and file meta)."""
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

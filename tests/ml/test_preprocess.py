@@ -27,6 +27,7 @@ from ml.preprocess import (
     to_model_tensor,
     working_copy_jpeg,
 )
+from support import dicom_header
 from tests.conftest import full_size_jpeg
 
 DICOM_FILES = [
@@ -162,19 +163,7 @@ def test_decompression_bomb_png_refused_before_decoding() -> None:
 
 
 def test_decompression_bomb_dicom_refused_before_decoding(tmp_path: Path) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = 60_000, 60_000
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds = dicom_header(60_000, 60_000, bits_allocated=8, bits_stored=8)
     ds.PixelData = b"\x00" * 16
     path = tmp_path / "bomb.dcm"
     ds.save_as(path, enforce_file_format=True)

@@ -20,6 +20,7 @@ from PIL import Image as PILImage
 
 from backend.studies.ingest import population_flags
 from backend.studies.models import Image
+from support import dicom_bytes, dicom_header
 from tests.conftest import DICOM_DIR, full_size_jpeg
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -259,27 +260,12 @@ def test_full_size_jpeg_keeps_its_stored_size_and_gets_a_working_copy(
 
 def dicom_with_codestream(syntax: Any) -> bytes:
     """A valid 512 x 512 DICOM whose pixel data is compressed with `syntax`."""
-    import pydicom  # noqa: F401
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = dicom_header(512, 512)
     ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
-    ds.Rows = ds.Columns = 512
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     rng = np.random.default_rng(0)
     ds.PixelData = rng.integers(0, 4095, (512, 512)).astype(np.uint16).tobytes()
     ds.compress(syntax)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return dicom_bytes(ds)
 
 
 def claiming_60000(data: bytes, syntax_name: str) -> bytes:
