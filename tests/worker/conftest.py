@@ -171,6 +171,21 @@ def stop_worker(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def running_worker(log: Path, *, log_tail: int = 0,
+                   **options: Any) -> Iterator[subprocess.Popen]:
+    """`launch_worker(log, **options)`, stopped when the block is left, however it is left;
+    then the last `log_tail` characters of its log are printed (pytest shows them when the
+    test fails)."""
+    process = launch_worker(log, **options)
+    try:
+        yield process
+    finally:
+        stop_worker(process)
+        if log_tail:
+            print(log.read_text()[-log_tail:])
+
+
 def wait_ready(log: Path, timeout: float = 90) -> None:
     """The worker is consuming and its pool process has loaded the model."""
     wait_for(lambda: log.exists() and b" ready." in log.read_bytes()

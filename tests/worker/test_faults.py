@@ -22,6 +22,7 @@ from tests.worker.conftest import (
     kill_group,
     launch_worker,
     proxied_database_url,
+    running_worker,
     small_pngs,
     stop_worker,
     upload_files,
@@ -105,16 +106,12 @@ def test_redis_restart_during_a_study(
     log = tmp_path / "worker.log"
     # A message the worker had taken when Redis went down is redelivered only after the
     # visibility timeout; the sweep (beat) requeues its images sooner. Short deadlines here.
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
-                           beat=True, SWEEP_INTERVAL_S="2",
-                           STUCK_IMAGE_DEADLINE_S="5", QUEUED_IMAGE_DEADLINE_S="20")
-    try:
+    with running_worker(log, log_tail=6000, db_name=db_name, redis_url=broker,
+                        checkpoint=tiny_checkpoint, beat=True, SWEEP_INTERVAL_S="2",
+                        STUCK_IMAGE_DEADLINE_S="5", QUEUED_IMAGE_DEADLINE_S="20"):
         # same port, same append-only file
         study_completes_through(api, log, seed=11, stop=private_redis.stop,
                                 restart=private_redis.start, outage_s=2)
-    finally:
-        stop_worker(worker)
-        print(log.read_text()[-6000:])  # shown when the test fails
 
 
 def test_database_outage_during_a_study(
@@ -123,9 +120,9 @@ def test_database_outage_during_a_study(
 ) -> None:
     settings.INFERENCE_CHUNK_SIZE = 4
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
-                           DATABASE_URL=proxied_database_url(pg_proxy, db_name))
-    try:
+    with running_worker(log, log_tail=6000, db_name=db_name, redis_url=broker,
+                        checkpoint=tiny_checkpoint,
+                        DATABASE_URL=proxied_database_url(pg_proxy, db_name)):
         # pg_proxy.cut(): the database is gone for the worker
         study_completes_through(api, log, seed=12, stop=pg_proxy.cut, restart=pg_proxy.start,
                                 outage_s=4)
@@ -134,6 +131,3 @@ def test_database_outage_during_a_study(
         from backend.studies.models import Image
 
         assert not Image.objects.filter(attempts__gt=0).exists()
-    finally:
-        stop_worker(worker)
-        print(log.read_text()[-6000:])  # shown when the test fails

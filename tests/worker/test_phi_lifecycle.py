@@ -21,7 +21,7 @@ from backend.audit.models import AuditEvent
 from backend.studies import dispatch
 from backend.studies.models import Study
 from tests.conftest import wait_for
-from tests.worker.conftest import launch_worker, stop_worker
+from tests.worker.conftest import running_worker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 QUEUE = "phi-test"
@@ -45,13 +45,11 @@ def phi_worker(db_name: str, broker: str, tiny_checkpoint: Path,
                tmp_path: Path) -> Any:
     """A default-queue worker with retention on (7 days) and a one-hour orphan grace."""
     log = tmp_path / "phi-worker.log"
-    process = launch_worker(log, db_name=db_name, checkpoint=tiny_checkpoint,
-                            redis_url=broker, queues=QUEUE, name="phi",
-                            STUDY_RETENTION_DAYS="7", ORPHAN_FILE_GRACE_S="3600")
-    wait_for(lambda: b" ready." in log.read_bytes(), timeout=90, interval=0.2)
-    yield process
-    stop_worker(process)
-    print(log.read_text()[-3000:])
+    with running_worker(log, log_tail=3000, db_name=db_name, checkpoint=tiny_checkpoint,
+                        redis_url=broker, queues=QUEUE, name="phi",
+                        STUDY_RETENTION_DAYS="7", ORPHAN_FILE_GRACE_S="3600") as process:
+        wait_for(lambda: b" ready." in log.read_bytes(), timeout=90, interval=0.2)
+        yield process
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ Each test runs its own redis-server (tests/worker/conftest.py, `private_redis`) 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from pathlib import Path
@@ -18,9 +19,8 @@ import pytest
 from tests.conftest import wait_for
 from tests.worker.conftest import (
     RedisServer,
-    launch_worker,
+    running_worker,
     small_pngs,
-    stop_worker,
     upload_files,
     wait_ready,
     wait_study,
@@ -56,15 +56,12 @@ def test_broker_down_at_upload_stores_the_study_and_queues_it_once_the_broker_is
 
     private_redis.start()  # back, empty: the messages never existed
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
-                           beat=True, SWEEP_INTERVAL_S="1", UNSENT_GRACE_S="1")
-    try:
+    with running_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
+                        beat=True, SWEEP_INTERVAL_S="1", UNSENT_GRACE_S="1"):
         state = wait_study(study["id"], timeout=120)
         assert state["status"] == "done", log.read_text()[-3000:]
         assert state["results"] == 30 and files_exist(study["id"])
         assert b"never got a message" in log.read_bytes()
-    finally:
-        stop_worker(worker)
 
 
 def test_sweep_finishes_a_study_whose_status_recomputation_failed_and_sends_its_webhook(
@@ -77,9 +74,11 @@ def test_sweep_finishes_a_study_whose_status_recomputation_failed_and_sends_its_
     user.hospital.webhook_url, user.hospital.webhook_secret = receiver.url, SECRET
     user.hospital.save()
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint)
-    beat = None
-    try:
+    # Left in reverse: the beat worker, this worker, then the receiver.
+    with contextlib.ExitStack() as running:
+        running.callback(receiver.close)
+        running.enter_context(running_worker(log, db_name=db_name, redis_url=broker,
+                                             checkpoint=tiny_checkpoint))
         wait_ready(log)
         study = upload_files(api, small_pngs(6, seed=22))
         wait_study(study["id"], timeout=120)
@@ -91,18 +90,14 @@ def test_sweep_finishes_a_study_whose_status_recomputation_failed_and_sends_its_
             updated_at=Study.objects.get(id=study["id"]).created_at)
         receiver.requests.clear()
         assert not Image.objects.filter(study_id=study["id"]).exclude(status="done").exists()
-        beat = launch_worker(tmp_path / "beat.log", db_name=db_name, redis_url=broker,
-                             checkpoint=tiny_checkpoint, queues="default", name="beat",
-                             beat=True, SWEEP_INTERVAL_S="1", RECONCILE_AFTER_S="1")
+        running.enter_context(running_worker(
+            tmp_path / "beat.log", db_name=db_name, redis_url=broker,
+            checkpoint=tiny_checkpoint, queues="default", name="beat",
+            beat=True, SWEEP_INTERVAL_S="1", RECONCILE_AFTER_S="1"))
         state = wait_study(study["id"], timeout=60)
         assert state["status"] == "done" and state["finished_at"] is not None
         wait_for(lambda: receiver.requests, timeout=60)
         assert b"Recomputed the status of 1 studies" in (tmp_path / "beat.log").read_bytes()
-    finally:
-        stop_worker(worker)
-        if beat:
-            stop_worker(beat)
-        receiver.close()
 
 
 def test_worker_that_cannot_load_its_model_stops_and_leaves_the_images_to_a_healthy_one(
@@ -114,25 +109,19 @@ def test_worker_that_cannot_load_its_model_stops_and_leaves_the_images_to_a_heal
     broken.write_bytes(b"not a checkpoint")
     study = upload_files(api, small_pngs(10, seed=23))
     log = tmp_path / "broken.log"
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=broken,
-                           name="broken")
-    try:
+    with running_worker(log, db_name=db_name, redis_url=broker, checkpoint=broken,
+                        name="broken") as worker:
         code = worker.wait(timeout=120)
-    finally:
-        stop_worker(worker)
     assert code != 0, log.read_text()[-3000:]
     assert b"Stopping this worker: the model could not be loaded" in log.read_bytes()
     # Nothing was failed for it: the images wait for a worker that has a model.
     assert set(Image.objects.filter(study_id=study["id"])
                .values_list("status", flat=True)) == {"queued"}
     healthy_log = tmp_path / "healthy.log"
-    healthy = launch_worker(healthy_log, db_name=db_name, redis_url=broker,
-                            checkpoint=tiny_checkpoint, name="healthy")
-    try:
+    with running_worker(healthy_log, db_name=db_name, redis_url=broker,
+                        checkpoint=tiny_checkpoint, name="healthy"):
         state = wait_study(study["id"], timeout=120)
         assert state["status"] == "done" and state["results"] == 10
-    finally:
-        stop_worker(healthy)
 
 
 def crashing_png() -> tuple[str, bytes]:
@@ -157,9 +146,8 @@ def test_an_image_that_kills_its_worker_fails_alone(
     files = small_pngs(15, seed=24)
     files.insert(7, crashing_png())
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
-                           app="tests.worker.crash_app", INFERENCE_MAX_ATTEMPTS="3")
-    try:
+    with running_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
+                        app="tests.worker.crash_app", INFERENCE_MAX_ATTEMPTS="3"):
         wait_ready(log)
         study = upload_files(api, files)
         state = wait_study(study["id"], timeout=240)
@@ -171,5 +159,3 @@ def test_an_image_that_kills_its_worker_fails_alone(
         others = Image.objects.filter(study_id=study["id"]).exclude(id=crasher.id)
         assert set(others.values_list("status", flat=True)) == {"done"}
         assert "each is sent again alone" in text
-    finally:
-        stop_worker(worker)

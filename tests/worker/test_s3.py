@@ -11,9 +11,8 @@ import pytest
 
 from tests.worker.conftest import (
     free_port,
-    launch_worker,
+    running_worker,
     small_pngs,
-    stop_worker,
     upload_files,
     wait_ready,
     wait_study,
@@ -62,15 +61,12 @@ def test_study_through_s3_storage(
     }}
 
     log = tmp_path / "worker.log"
-    worker = launch_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
-                           **env)
-    try:
+    with running_worker(log, db_name=db_name, redis_url=broker, checkpoint=tiny_checkpoint,
+                        **env):
         wait_ready(log)
         study = upload_files(api, small_pngs(3, seed=20))
         state = wait_study(study["id"], timeout=90)
         assert state["status"] == "done", log.read_text()[-3000:]
-    finally:
-        stop_worker(worker)
     s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
