@@ -256,3 +256,11 @@ def test_shipped_gate_keeps_validation_children_in_scope(kermany_dir: Path) -> N
     out = pred.predict([r.path for r in val[::8]], with_cam=False)
     out_of_scope = sum(not p.scope.in_scope for p in out)  # type: ignore[union-attr]
     assert out_of_scope <= max(1, round(0.02 * len(out)))
+
+
+def test_a_later_epoch_within_the_tolerance_replaces_the_selected_one() -> None:
+    from ml.multitask import keeps_epoch
+
+    assert keeps_epoch(0.9835, 0.9838, tolerance=5e-4)  # noise-sized dip: the later epoch
+    assert not keeps_epoch(0.9820, 0.9838, tolerance=5e-4)  # a real drop: keep the earlier
+    assert keeps_epoch(0.5, -1.0, tolerance=0.0)  # the first epoch is always kept
