@@ -50,10 +50,11 @@ class StudyPagination(PageNumberPagination):
     max_page_size = 200
 
 
-class StudyListCreateApi(APIView):
-    permission_classes = [HasHospital]
-    parser_classes = [MultiPartParser, FormParser]
-    # Uploads only (POST): a rate per user, then the hospital's bytes per 24 hours.
+class UploadLimited(APIView):
+    """Every request that stores files (a new study, or one more part of one): a rate per
+    user, then the hospital's bytes per 24 hours. Parts count like whole uploads, or a study
+    opened empty could take any number of bytes."""
+
     throttle_classes = [UploadRateThrottle, HospitalUploadQuota]
 
     def check_throttles(self, request: Request) -> None:
@@ -62,6 +63,11 @@ class StudyListCreateApi(APIView):
             if not throttle.allow_request(request, self):
                 raise exceptions.Throttled(wait=throttle.wait(),
                                            detail=getattr(throttle, "detail", None))
+
+
+class StudyListCreateApi(UploadLimited):
+    permission_classes = [HasHospital]
+    parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(parameters=[StudyFilterSerializer],
                    responses={200: StudySerializer(many=True)})
@@ -122,7 +128,7 @@ def _upload_answer(request: Request, outcome: services.StudyCreateOutcome,
     return Response(body, status=success if study is not None else status.HTTP_400_BAD_REQUEST)
 
 
-class StudyFilesAppendApi(APIView):
+class StudyFilesAppendApi(UploadLimited):
     """Append one more part of files to a study created with `receiving=true`."""
 
     permission_classes = [HasHospital]

@@ -45,6 +45,22 @@ def test_a_hospital_past_its_daily_quota_gets_429_with_retry_after(
     assert upload(api, seed=4).status_code == 201
 
 
+def test_a_part_appended_past_the_quota_gets_429_and_stores_nothing(
+    api: Any, user: Any, no_broker: Any,
+) -> None:
+    created = api.post("/api/studies/", {"receiving": "true", "name": "ward"},
+                       format="multipart")
+    assert created.status_code == 201
+    study_id = created.json()["study"]["id"]
+    user.hospital.upload_quota_bytes_per_day = 1000
+    user.hospital.save()
+    big = SimpleUploadedFile("big.png", png_bytes((256, 256), seed=5))
+    refused = api.post(f"/api/studies/{study_id}/files/", {"files": [big]}, format="multipart")
+    assert refused.status_code == 429 and "quota" in refused.json()["detail"]
+    assert int(refused["Retry-After"]) >= 1
+    assert not Image.objects.filter(study_id=study_id).exists()
+
+
 def test_the_installation_default_applies_and_zero_means_no_limit(
     api: Any, user: Any, settings: Any, no_broker: Any,
 ) -> None:
