@@ -92,6 +92,7 @@ def test_admin_switches_scope_mode_to_warn_and_it_is_audited(page: Any) -> None:
     page.get_by_label("Show the label with a warning").check()
     page.get_by_role("button", name="Save scope setting").click()
     expect(page.get_by_text("Scope setting saved.")).to_be_visible(timeout=20_000)
+    screenshot(page, "settings")
     assert Hospital.objects.get(name="St. Mary").scope_mode == "warn"
     events = page.request.get("/api/hospital/audit/").json()["results"]
     assert [e["detail"]["scope_mode"] for e in events if "scope_mode" in e["detail"]] == [
