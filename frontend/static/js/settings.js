@@ -21,9 +21,15 @@ function settingsForm(id, ...children) {
   return { form: h("form", { class: "stack card settings-card", id, "aria-busy": "true" }, fields), fields };
 }
 
-function ready({ form, fields }) {
-  fields.disabled = false;
-  form.removeAttribute("aria-busy");
+// Fetch the stored values into the form, then let it be used.
+function load(parts, url, fill, error, signal) {
+  api(url, { signal }).then((stored) => {
+    fill(stored);
+    parts.fields.disabled = false;
+    parts.form.removeAttribute("aria-busy");
+  }).catch((err) => {
+    if (err.name !== "AbortError") error.textContent = err.message || "Could not load the settings.";
+  });
 }
 
 async function submitting(button, errorEl, action) {
@@ -67,10 +73,7 @@ function scopeSection(controller) {
       toast("Scope setting saved.", "success");
     });
   });
-  api("/api/hospital/settings/", { signal: controller.signal }).then((s) => { fill(s); ready(parts); })
-    .catch((err) => {
-      if (err.name !== "AbortError") error.textContent = err.message || "Could not load the setting.";
-    });
+  load(parts, "/api/hospital/settings/", fill, error, controller.signal);
   return parts.form;
 }
 
@@ -120,10 +123,7 @@ function dicomSection(controller) {
       toast("DICOM settings saved.", "success");
     });
   });
-  api("/api/hospital/dicom/", { signal: controller.signal }).then((c) => { fill(c); ready(parts); })
-    .catch((err) => {
-      if (err.name !== "AbortError") error.textContent = err.message || "Could not load the settings.";
-    });
+  load(parts, "/api/hospital/dicom/", fill, error, controller.signal);
   return parts.form;
 }
 
