@@ -151,6 +151,10 @@ class MultiTaskConfig:
     # validation images are: a ceiling against a threshold fitted to one centre's images.
     scope_threshold_max: float = 0.95
     invert_p: float = 0.05
+    # Mixup (Zhang et al. 2018): pairs of training images blended with weight ~ Beta(a, a)
+    # and their losses blended alike; 0 turns it off. Softer targets against the confident
+    # over-calls a new site brought the first models.
+    mixup_alpha: float = 0.0
     adult_per_epoch: int = 1200
     lateral_per_epoch: int = 160
     other_per_epoch: int = 700
@@ -365,6 +369,16 @@ def multitask_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor],
     return total
 
 
+def mixup_batch(x: torch.Tensor, alpha: float, gen: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(blended images, the partner of each image, its weight): ``lam * x + (1 - lam) *
+    x[partner]``, ``lam ~ Beta(alpha, alpha)`` drawn from ``gen`` (reproducible)."""
+    partner = torch.randperm(len(x), generator=gen)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return lam * x + (1.0 - lam) * x[partner], partner, lam
+
+
 def epoch_indices(data: Data, cfg: MultiTaskConfig, gen: torch.Generator
                   ) -> tuple[Split, torch.Tensor]:
     """This epoch's samples: every paediatric training image plus a fresh draw of
@@ -408,9 +422,16 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
             y["scope"][flip] = inverted
             y["binary"][flip] = IGNORE
             y["etiology"][flip] = IGNORE
+        partner, lam = None, 1.0
+        if cfg.mixup_alpha > 0:
+            x, partner, lam = mixup_batch(x, cfg.mixup_alpha, gen)
         x = normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device)
         _, logits = model(x)
-        loss = multitask_loss(logits, {k: v.to(device) for k, v in y.items()}, weights, cfg)
+        loss = lam * multitask_loss(logits, {k: v.to(device) for k, v in y.items()}, weights, cfg)
+        if partner is not None:
+            # A head without a label for either image of a pair (IGNORE) learns from the other.
+            loss = loss + (1.0 - lam) * multitask_loss(
+                logits, {k: v[partner].to(device) for k, v in y.items()}, weights, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -264,3 +264,28 @@ def test_a_later_epoch_within_the_tolerance_replaces_the_selected_one() -> None:
     assert keeps_epoch(0.9835, 0.9838, tolerance=5e-4)  # noise-sized dip: the later epoch
     assert not keeps_epoch(0.9820, 0.9838, tolerance=5e-4)  # a real drop: keep the earlier
     assert keeps_epoch(0.5, -1.0, tolerance=0.0)  # the first epoch is always kept
+
+
+def test_mixup_blends_image_pairs_with_one_reproducible_weight() -> None:
+    from ml.multitask import mixup_batch
+
+    x = torch.rand(8, 1, 16, 16)
+    mixed, partner, lam = mixup_batch(x, 0.4, torch.Generator().manual_seed(3))
+    assert 0.0 <= lam <= 1.0
+    assert sorted(partner.tolist()) == list(range(8))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[partner])
+    again, partner2, lam2 = mixup_batch(x, 0.4, torch.Generator().manual_seed(3))
+    assert lam2 == lam and torch.equal(partner2, partner) and torch.equal(again, mixed)
+
+
+def test_training_with_mixup_runs_and_records_its_setting(
+    multi_ckpt: Path, scope_folder: Path
+) -> None:
+    root: Path = pytest.multi_data_root  # type: ignore[attr-defined]
+    cfg = MultiTaskConfig(epochs=1, input_size=32, batch_size=16, synthetic=20,
+                          adult_per_epoch=8, lateral_per_epoch=4, other_per_epoch=8,
+                          val_fraction=0.3, scope_val_fraction=0.3, bootstrap=0,
+                          progress=False, threads=1, lr=1e-2, mixup_alpha=0.4)
+    result = train(cfg, root, scope_folder, command="pytest", log=lambda s: None)
+    assert result.meta["config"]["mixup_alpha"] == 0.4
+    assert np.isfinite(result.history[0]["train_loss"])
