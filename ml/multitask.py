@@ -25,7 +25,7 @@ import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +250,9 @@ class Data:
     val_paed: Split
     val_scope: Split  # adult, lateral, not-chest (inverted is made from val_paed)
     summary: dict[str, Any]
+    # The folder each val_scope example came from ("synthetic" for the made ones): the gate's
+    # rate on adult pneumonia differs from its rate on adult normals, so both are reported.
+    val_scope_sources: list[str] = field(default_factory=list)
 
 
 def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
@@ -310,7 +313,8 @@ def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: st
             "synthetic_not_chest": {"train": len(syn_train), "val": len(syn_val)},
         },
     }
-    return Data(train_paed, train_scope, val_paed, val_scope, summary)
+    sources = [r.path.parent.name for r in neg_val] + ["synthetic"] * len(syn_val)
+    return Data(train_paed, train_scope, val_paed, val_scope, summary, sources)
 
 
 # --------------------------------------------------------------------------------------------
@@ -570,6 +574,12 @@ def validation_report(model: CamModel, data: Data, heads: dict[str, Any],
         mask = data.val_scope.scope == i
         if bool(mask.any()):
             groups[f"{reason} examples"] = neg_logits[mask]
+    sources = np.array(data.val_scope_sources)
+    if len(sources) == len(neg_logits):
+        adult = (data.val_scope.scope == SCOPE_CLASSES.index("adult")).numpy()
+        for source in sorted(set(sources[adult])):
+            groups[f"adult examples: {source}"] = neg_logits[torch.from_numpy(
+                adult & (sources == source))]
     for group, logits in groups.items():
         in_scope, reason_idx = scope_verdicts(head_probs(logits, "scope", scope_t), scope_thr)
         counts = np.bincount(reason_idx, minlength=len(SCOPE_CLASSES))

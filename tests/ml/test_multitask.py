@@ -119,6 +119,14 @@ def test_checkpoint_records_every_head_with_its_operating_point(multi_ckpt: Path
     assert meta["command"] == "pytest"
 
 
+def test_gate_is_reported_per_adult_source_folder(multi_ckpt: Path) -> None:
+    gate = load_checkpoint(multi_ckpt)[1]["validation"]["scope"]
+    # The fixture's adults all come from its "normal" folder: one source group, same images.
+    assert gate["adult examples: normal"]["n"] == gate["adult examples"]["n"] > 0
+    assert gate["adult examples: normal"]["out_of_scope_rate"] == pytest.approx(
+        gate["adult examples"]["out_of_scope_rate"])
+
+
 def test_one_pass_gives_binary_etiology_scope_and_heatmap(multi_ckpt: Path) -> None:
     pred = Predictor.from_checkpoint(multi_ckpt, threads=1)
     x = torch.stack([pred.to_tensor(np.random.default_rng(i).random((40, 40)).astype(np.float32))
