@@ -237,6 +237,19 @@ def test_bounding_box() -> None:
         bounding_box(np.zeros(5))
 
 
+def test_bounding_box_on_a_coarser_grid_stays_within_one_step_of_the_exact_box() -> None:
+    # A CAM as served: a 6x6 map with two separate hot cells, upsampled to 192 px.
+    raw = torch.zeros(1, 6, 6)
+    raw[0, 1, 4], raw[0, 4, 1] = 1.0, 0.6
+    heat = upsample(raw, 192)[0].numpy()
+    exact = bounding_box(heat)
+    coarse = bounding_box(heat, step=4)
+    assert exact is not None and coarse is not None
+    assert coarse == pytest.approx(exact, abs=4 / 192)
+    assert coarse[0] > 0.5 and coarse[3] < 0.5  # still the stronger, upper-right region
+    assert bounding_box(np.zeros((192, 192)), step=4) is None
+
+
 def test_overlay_and_heatmap_png() -> None:
     gray = np.tile(np.linspace(0, 1, 300, dtype=np.float32), (200, 1))
     heat = np.zeros((7, 7), np.float32)
