@@ -122,7 +122,7 @@ def bounding_box(
     full = np.asarray(heatmap, dtype=np.float32)
     if full.ndim != 2 or full.size == 0:
         raise ValueError("heatmap must be a non-empty 2-D array")
-    h = full[::step, ::step] if step > 1 else full
+    h = full[::step, ::step]
     peak = float(h.max())
     if not np.isfinite(peak) or peak <= 0:
         return None

@@ -25,7 +25,7 @@ import copy
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,7 @@ class Data:
     summary: dict[str, Any]
     # The folder each val_scope example came from ("synthetic" for the made ones): the gate's
     # rate on adult pneumonia differs from its rate on adult normals, so both are reported.
-    val_scope_sources: list[str] = field(default_factory=list)
+    val_scope_sources: list[str]
 
 
 def build_data(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | Path,
@@ -431,11 +431,13 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
             x, partner, lam = mixup_batch(x, cfg.mixup_alpha, gen)
         x = normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device)
         _, logits = model(x)
-        loss = lam * multitask_loss(logits, {k: v.to(device) for k, v in y.items()}, weights, cfg)
+        y = {k: v.to(device) for k, v in y.items()}
+        loss = lam * multitask_loss(logits, y, weights, cfg)
         if partner is not None:
             # A head without a label for either image of a pair (IGNORE) learns from the other.
+            partner = partner.to(device)
             loss = loss + (1.0 - lam) * multitask_loss(
-                logits, {k: v[partner].to(device) for k, v in y.items()}, weights, cfg)
+                logits, {k: v[partner] for k, v in y.items()}, weights, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -575,11 +577,10 @@ def validation_report(model: CamModel, data: Data, heads: dict[str, Any],
         if bool(mask.any()):
             groups[f"{reason} examples"] = neg_logits[mask]
     sources = np.array(data.val_scope_sources)
-    if len(sources) == len(neg_logits):
-        adult = (data.val_scope.scope == SCOPE_CLASSES.index("adult")).numpy()
-        for source in sorted(set(sources[adult])):
-            groups[f"adult examples: {source}"] = neg_logits[torch.from_numpy(
-                adult & (sources == source))]
+    adult = (data.val_scope.scope == SCOPE_CLASSES.index("adult")).numpy()
+    for source in sorted(set(sources[adult])):
+        groups[f"adult examples: {source}"] = neg_logits[torch.from_numpy(
+            adult & (sources == source))]
     for group, logits in groups.items():
         in_scope, reason_idx = scope_verdicts(head_probs(logits, "scope", scope_t), scope_thr)
         counts = np.bincount(reason_idx, minlength=len(SCOPE_CLASSES))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,6 +43,15 @@ def scope_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def tiny_config(**overrides: Any) -> MultiTaskConfig:
+    """A run small enough for a test: 32 px, two epochs, a handful of out-of-scope draws."""
+    settings: dict[str, Any] = dict(
+        epochs=2, input_size=32, batch_size=16, synthetic=20, adult_per_epoch=8,
+        lateral_per_epoch=4, other_per_epoch=8, val_fraction=0.3, scope_val_fraction=0.3,
+        bootstrap=0, progress=False, threads=1, lr=1e-2)
+    return MultiTaskConfig(**{**settings, **overrides})
+
+
 @pytest.fixture(scope="module")
 def multi_ckpt(tmp_path_factory: pytest.TempPathFactory, scope_folder: Path) -> Path:
     root = tmp_path_factory.mktemp("kermany_like")
@@ -55,11 +65,7 @@ def multi_ckpt(tmp_path_factory: pytest.TempPathFactory, scope_folder: Path) -> 
         blob[(yy - y) ** 2 + (xx - x) ** 2 < 36] = 230
         kind = "bacteria" if i % 2 else "virus"
         write_gray(root / "PNEUMONIA" / f"person{i}_{kind}_{i}.jpeg", blob.astype(np.uint8))
-    cfg = MultiTaskConfig(epochs=2, input_size=32, batch_size=16, synthetic=20,
-                          adult_per_epoch=8, lateral_per_epoch=4, other_per_epoch=8,
-                          val_fraction=0.3, scope_val_fraction=0.3, bootstrap=0,
-                          progress=False, threads=1, lr=1e-2)
-    result = train(cfg, root, scope_folder, command="pytest", log=lambda s: None)
+    result = train(tiny_config(), root, scope_folder, command="pytest", log=lambda s: None)
     out = tmp_path_factory.mktemp("ckpt") / "multi.pt"
     save_checkpoint(out, result.model, result.meta)
     pytest.multi_data_root = root  # type: ignore[attr-defined]
@@ -290,10 +296,7 @@ def test_training_with_mixup_runs_and_records_its_setting(
     multi_ckpt: Path, scope_folder: Path
 ) -> None:
     root: Path = pytest.multi_data_root  # type: ignore[attr-defined]
-    cfg = MultiTaskConfig(epochs=1, input_size=32, batch_size=16, synthetic=20,
-                          adult_per_epoch=8, lateral_per_epoch=4, other_per_epoch=8,
-                          val_fraction=0.3, scope_val_fraction=0.3, bootstrap=0,
-                          progress=False, threads=1, lr=1e-2, mixup_alpha=0.4)
-    result = train(cfg, root, scope_folder, command="pytest", log=lambda s: None)
+    result = train(tiny_config(epochs=1, mixup_alpha=0.4), root, scope_folder,
+                   command="pytest", log=lambda s: None)
     assert result.meta["config"]["mixup_alpha"] == 0.4
     assert np.isfinite(result.history[0]["train_loss"])
