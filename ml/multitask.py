@@ -155,6 +155,13 @@ class MultiTaskConfig:
     # and their losses blended alike; 0 turns it off. Softer targets against the confident
     # over-calls a new site brought the first models.
     mixup_alpha: float = 0.0
+    # Learning without forgetting (Li & Hoiem 2016): a checkpoint whose etiology answers the
+    # etiology head is also taught on every paediatric training image, as softened
+    # probabilities (temperature ``distill_temperature``), with weight ``distill_weight``. The
+    # separate v1 etiology model told bacterial from viral better than the shared trunk does.
+    distill_from: str | None = None
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
     adult_per_epoch: int = 1200
     lateral_per_epoch: int = 160
     other_per_epoch: int = 700
@@ -383,6 +390,50 @@ def mixup_batch(x: torch.Tensor, alpha: float, gen: torch.Generator
     return lam * x + (1.0 - lam) * x[partner], partner, lam
 
 
+class EtiologyTeacher:
+    """The etiology probabilities of a frozen checkpoint (single-task etiology, or multi),
+    at a temperature, for the batches the student sees."""
+
+    def __init__(self, path: str, cfg: MultiTaskConfig, device: torch.device) -> None:
+        from ml.checkpoint import load_checkpoint, output_size
+
+        state, meta = load_checkpoint(path)
+        prep = meta["preprocessing"]
+        if (int(prep["input_size"]) != cfg.input_size or list(prep["mean"]) != GRAY_MEAN
+                or list(prep["std"]) != GRAY_STD):
+            raise ValueError(f"{path}: preprocessing {prep} differs from the student's")
+        if meta.get("task") == "multi":
+            self.rows = slice(*meta["heads"]["etiology"]["slice"])
+            classes = meta["heads"]["etiology"]["classes"]
+        elif meta.get("task") == "etiology":
+            self.rows, classes = slice(None), meta["classes"]
+        else:
+            raise ValueError(f"{path}: a {meta.get('task')!r} checkpoint has no etiology answer")
+        if list(classes) != HEADS["etiology"]:
+            raise ValueError(f"{path}: etiology classes {classes} differ from {HEADS['etiology']}")
+        self.model = build_model(meta["arch"], output_size(meta))
+        self.model.load_state_dict(state)
+        self.model.to(device).eval()
+        self.temperature = cfg.distill_temperature
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            _, logits = self.model(x)
+            return torch.softmax(logits[:, self.rows].float() / self.temperature, dim=1)
+
+
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on the etiology head over the ``mask`` rows, times T² so that its
+    gradients keep their scale whatever the temperature (Hinton et al. 2015)."""
+    if not bool(mask.any()):
+        return logits.new_zeros(())
+    a, b = head_slices()["etiology"]
+    student = F.log_softmax(logits[mask, a:b].float() / temperature, dim=1)
+    kl = F.kl_div(student, teacher[mask], reduction="batchmean")
+    return kl * temperature**2
+
+
 def epoch_indices(data: Data, cfg: MultiTaskConfig, gen: torch.Generator
                   ) -> tuple[Split, torch.Tensor]:
     """This epoch's samples: every paediatric training image plus a fresh draw of
@@ -403,7 +454,8 @@ def epoch_indices(data: Data, cfg: MultiTaskConfig, gen: torch.Generator
 def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
                     opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                     weights: dict[str, torch.Tensor | None], gen: torch.Generator,
-                    device: torch.device, epoch: int) -> float:
+                    device: torch.device, epoch: int,
+                    teacher: EtiologyTeacher | None = None) -> float:
     model.train()
     augment = shift_augment()
     merged, perm = epoch_indices(data, cfg, gen)
@@ -438,6 +490,10 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
             partner = partner.to(device)
             loss = loss + (1.0 - lam) * multitask_loss(
                 logits, {k: v[partner] for k, v in y.items()}, weights, cfg)
+        if teacher is not None:
+            # Paediatric images only (not inverted): where the teacher was trained to answer.
+            loss = loss + cfg.distill_weight * distill_loss(
+                logits, teacher.probs(x), y["etiology"] != IGNORE, cfg.distill_temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -624,6 +680,14 @@ def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | P
         log(f"initialised from {cfg.init_from}; left as initialised: {fresh}")
     model = model.to(device)
     log(f"{cfg.arch}: {count_parameters(model) / 1e6:.2f} M parameters, device {device}")
+    teacher = None
+    if cfg.distill_from:
+        # Building its network draws initial weights: from a forked stream, so the seeded
+        # stream (dropout, sampling) is the same with and without a teacher.
+        with torch.random.fork_rng(devices=[]):
+            teacher = EtiologyTeacher(cfg.distill_from, cfg, device)
+    if teacher is not None:
+        log(f"etiology taught also by {cfg.distill_from} at temperature {cfg.distill_temperature}")
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data.train_paed) + cfg.adult_per_epoch + cfg.lateral_per_epoch
                  + cfg.other_per_epoch) // cfg.batch_size
@@ -639,7 +703,8 @@ def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | P
     improved_at = 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
-        train_loss = train_one_epoch(model, data, cfg, opt, sched, weights, gen, device, epoch)
+        train_loss = train_one_epoch(model, data, cfg, opt, sched, weights, gen, device, epoch,
+                                     teacher)
         row = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]), "train_loss": train_loss,
                **evaluate(model, data, device), "seconds": time.time() - t0}
         history.append(row)

@@ -300,3 +300,59 @@ def test_training_with_mixup_runs_and_records_its_setting(
                    command="pytest", log=lambda s: None)
     assert result.meta["config"]["mixup_alpha"] == 0.4
     assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_distillation_loss_is_zero_only_where_the_student_matches_the_teacher() -> None:
+    from ml.multitask import distill_loss
+
+    a, b = head_slices()["etiology"]
+    logits = torch.randn(4, sum(len(c) for c in HEADS.values()))
+    teacher = torch.softmax(logits[:, a:b] / 2.0, dim=1)
+    everyone = torch.ones(4, dtype=torch.bool)
+    assert float(distill_loss(logits, teacher, everyone, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    other = logits.clone()
+    other[1, a:b] = torch.tensor([5.0, -5.0, 0.0])
+    assert float(distill_loss(other, teacher, everyone, 2.0)) > 0.1
+    # Rows outside the mask (adult, inverted, out-of-scope images) are not taught.
+    masked = torch.tensor([True, False, True, True])
+    assert float(distill_loss(other, teacher, masked, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(other, teacher, torch.zeros(4, dtype=torch.bool), 2.0)) == 0.0
+
+
+def test_teacher_reads_the_etiology_rows_of_a_multi_checkpoint_and_refuses_a_binary_one(
+    multi_ckpt: Path, tmp_path: Path
+) -> None:
+    from ml.multitask import EtiologyTeacher
+
+    cfg = tiny_config(distill_temperature=3.0)
+    teacher = EtiologyTeacher(str(multi_ckpt), cfg, torch.device("cpu"))
+    x = torch.randn(5, 1, 32, 32)
+    _, logits = teacher.model(x)
+    a, b = head_slices()["etiology"]
+    assert torch.allclose(teacher.probs(x), torch.softmax(logits[:, a:b] / 3.0, dim=1))
+    with pytest.raises(ValueError, match="preprocessing"):
+        EtiologyTeacher(str(multi_ckpt), tiny_config(input_size=64), torch.device("cpu"))
+    _, meta = load_checkpoint(multi_ckpt)
+    binary = tmp_path / "binary.pt"
+    model = Predictor.from_checkpoint(multi_ckpt).model
+    save_checkpoint(binary, model, {**meta, "task": "binary"})
+    with pytest.raises(ValueError, match="no etiology answer"):
+        EtiologyTeacher(str(binary), cfg, torch.device("cpu"))
+
+
+def test_distillation_enters_the_training_loss_only_with_a_weight(
+    multi_ckpt: Path, scope_folder: Path
+) -> None:
+    root: Path = pytest.multi_data_root  # type: ignore[attr-defined]
+
+    def first_loss(**overrides: Any) -> float:
+        result = train(tiny_config(epochs=1, **overrides), root, scope_folder,
+                       command="pytest", log=lambda s: None)
+        return float(result.history[0]["train_loss"])
+
+    plain = first_loss()
+    assert first_loss(distill_from=str(multi_ckpt), distill_weight=0.0) == plain
+    taught = train(tiny_config(epochs=1, distill_from=str(multi_ckpt), distill_weight=1.0),
+                   root, scope_folder, command="pytest", log=lambda s: None)
+    assert taught.meta["config"]["distill_from"] == str(multi_ckpt)
+    assert float(taught.history[0]["train_loss"]) != plain
