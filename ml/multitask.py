@@ -155,10 +155,11 @@ class MultiTaskConfig:
     # and their losses blended alike; 0 turns it off. Softer targets against the confident
     # over-calls a new site brought the first models.
     mixup_alpha: float = 0.0
-    # Learning without forgetting (Li & Hoiem 2016): a checkpoint whose etiology answers the
-    # etiology head is also taught on every paediatric training image, as softened
-    # probabilities (temperature ``distill_temperature``), with weight ``distill_weight``. The
-    # separate v1 etiology model told bacterial from viral better than the shared trunk does.
+    # Learning without forgetting (Li & Hoiem 2016): a checkpoint (or several, comma-separated,
+    # averaged) whose etiology answers the etiology head is also taught on every paediatric
+    # training image, as softened probabilities (temperature ``distill_temperature``), with
+    # weight ``distill_weight``. The separate v1 etiology model told bacterial from viral
+    # better than the shared trunk did.
     distill_from: str | None = None
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
@@ -391,10 +392,19 @@ def mixup_batch(x: torch.Tensor, alpha: float, gen: torch.Generator
 
 
 class EtiologyTeacher:
-    """The etiology probabilities of a frozen checkpoint (single-task etiology, or multi),
-    at a temperature, for the batches the student sees."""
+    """The etiology probabilities of frozen checkpoints (single-task etiology, or multi) at a
+    temperature, averaged, for the batches the student sees. ``paths``: one checkpoint, or
+    several separated by commas (an ensemble, taught as one)."""
 
-    def __init__(self, path: str, cfg: MultiTaskConfig, device: torch.device) -> None:
+    def __init__(self, paths: str, cfg: MultiTaskConfig, device: torch.device) -> None:
+        self.members = [self._load(p.strip(), cfg, device) for p in paths.split(",") if p.strip()]
+        if not self.members:
+            raise ValueError("no teacher checkpoint given")
+        self.temperature = cfg.distill_temperature
+
+    @staticmethod
+    def _load(path: str, cfg: MultiTaskConfig, device: torch.device
+              ) -> tuple[CamModel, slice]:
         from ml.checkpoint import load_checkpoint, output_size
 
         state, meta = load_checkpoint(path)
@@ -403,23 +413,23 @@ class EtiologyTeacher:
                 or list(prep["std"]) != GRAY_STD):
             raise ValueError(f"{path}: preprocessing {prep} differs from the student's")
         if meta.get("task") == "multi":
-            self.rows = slice(*meta["heads"]["etiology"]["slice"])
+            rows = slice(*meta["heads"]["etiology"]["slice"])
             classes = meta["heads"]["etiology"]["classes"]
         elif meta.get("task") == "etiology":
-            self.rows, classes = slice(None), meta["classes"]
+            rows, classes = slice(None), meta["classes"]
         else:
             raise ValueError(f"{path}: a {meta.get('task')!r} checkpoint has no etiology answer")
         if list(classes) != HEADS["etiology"]:
             raise ValueError(f"{path}: etiology classes {classes} differ from {HEADS['etiology']}")
-        self.model = build_model(meta["arch"], output_size(meta))
-        self.model.load_state_dict(state)
-        self.model.to(device).eval()
-        self.temperature = cfg.distill_temperature
+        model = build_model(meta["arch"], output_size(meta))
+        model.load_state_dict(state)
+        return model.to(device).eval(), rows
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            _, logits = self.model(x)
-            return torch.softmax(logits[:, self.rows].float() / self.temperature, dim=1)
+            return torch.stack([
+                torch.softmax(model(x)[1][:, rows].float() / self.temperature, dim=1)
+                for model, rows in self.members]).mean(0)
 
 
 def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,

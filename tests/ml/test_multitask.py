@@ -327,9 +327,13 @@ def test_teacher_reads_the_etiology_rows_of_a_multi_checkpoint_and_refuses_a_bin
     cfg = tiny_config(distill_temperature=3.0)
     teacher = EtiologyTeacher(str(multi_ckpt), cfg, torch.device("cpu"))
     x = torch.randn(5, 1, 32, 32)
-    _, logits = teacher.model(x)
+    _, logits = teacher.members[0][0](x)
     a, b = head_slices()["etiology"]
-    assert torch.allclose(teacher.probs(x), torch.softmax(logits[:, a:b] / 3.0, dim=1))
+    own = torch.softmax(logits[:, a:b] / 3.0, dim=1)
+    assert torch.allclose(teacher.probs(x), own)
+    # Two members: their probabilities averaged (one member twice: the same probabilities).
+    pair = EtiologyTeacher(f"{multi_ckpt}, {multi_ckpt}", cfg, torch.device("cpu"))
+    assert len(pair.members) == 2 and torch.allclose(pair.probs(x), own, atol=1e-6)
     with pytest.raises(ValueError, match="preprocessing"):
         EtiologyTeacher(str(multi_ckpt), tiny_config(input_size=64), torch.device("cpu"))
     _, meta = load_checkpoint(multi_ckpt)
