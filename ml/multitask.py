@@ -405,9 +405,9 @@ class EtiologyTeacher:
     @staticmethod
     def _load(path: str, cfg: MultiTaskConfig, device: torch.device
               ) -> tuple[CamModel, slice]:
-        from ml.checkpoint import load_checkpoint, output_size
+        from ml.checkpoint import model_from_checkpoint
 
-        state, meta = load_checkpoint(path)
+        model, meta = model_from_checkpoint(path)
         prep = meta["preprocessing"]
         if (int(prep["input_size"]) != cfg.input_size or list(prep["mean"]) != GRAY_MEAN
                 or list(prep["std"]) != GRAY_STD):
@@ -421,8 +421,6 @@ class EtiologyTeacher:
             raise ValueError(f"{path}: a {meta.get('task')!r} checkpoint has no etiology answer")
         if list(classes) != HEADS["etiology"]:
             raise ValueError(f"{path}: etiology classes {classes} differ from {HEADS['etiology']}")
-        model = build_model(meta["arch"], output_size(meta))
-        model.load_state_dict(state)
         return model.to(device).eval(), rows
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
@@ -696,7 +694,6 @@ def train(cfg: MultiTaskConfig, paediatric_root: str | Path, scope_root: str | P
         # stream (dropout, sampling) is the same with and without a teacher.
         with torch.random.fork_rng(devices=[]):
             teacher = EtiologyTeacher(cfg.distill_from, cfg, device)
-    if teacher is not None:
         log(f"etiology taught also by {cfg.distill_from} at temperature {cfg.distill_temperature}")
     gen = torch.Generator().manual_seed(cfg.seed)
     per_epoch = (len(data.train_paed) + cfg.adult_per_epoch + cfg.lateral_per_epoch

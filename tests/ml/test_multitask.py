@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ml.checkpoint import load_checkpoint, save_checkpoint
+from ml.models import build_model
 from ml.multitask import (
     HEADS,
     IGNORE,
@@ -338,8 +339,9 @@ def test_teacher_reads_the_etiology_rows_of_a_multi_checkpoint_and_refuses_a_bin
         EtiologyTeacher(str(multi_ckpt), tiny_config(input_size=64), torch.device("cpu"))
     _, meta = load_checkpoint(multi_ckpt)
     binary = tmp_path / "binary.pt"
-    model = Predictor.from_checkpoint(multi_ckpt).model
-    save_checkpoint(binary, model, {**meta, "task": "binary"})
+    single = {k: v for k, v in meta.items() if k != "heads"}
+    save_checkpoint(binary, build_model(meta["arch"], 2),
+                    {**single, "task": "binary", "classes": HEADS["binary"]})
     with pytest.raises(ValueError, match="no etiology answer"):
         EtiologyTeacher(str(binary), cfg, torch.device("cpu"))
 
