@@ -46,6 +46,7 @@ from ml.engine import (
 )
 from ml.metrics import auc_or_chance, compute_metrics, full_report, macro_roc_auc
 from ml.models import CamModel, build_model, count_parameters
+from ml.predictor import Predictor
 from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
 from ml.scope import SCOPE_CLASSES, scope_verdicts
 from ml.scope_data import (
@@ -403,31 +404,26 @@ class EtiologyTeacher:
         self.temperature = cfg.distill_temperature
 
     @staticmethod
-    def _load(path: str, cfg: MultiTaskConfig, device: torch.device
-              ) -> tuple[CamModel, slice]:
-        from ml.checkpoint import model_from_checkpoint
-
-        model, meta = model_from_checkpoint(path)
-        prep = meta["preprocessing"]
-        if (int(prep["input_size"]) != cfg.input_size or list(prep["mean"]) != GRAY_MEAN
-                or list(prep["std"]) != GRAY_STD):
-            raise ValueError(f"{path}: preprocessing {prep} differs from the student's")
-        if meta.get("task") == "multi":
-            rows = slice(*meta["heads"]["etiology"]["slice"])
-            classes = meta["heads"]["etiology"]["classes"]
-        elif meta.get("task") == "etiology":
-            rows, classes = slice(None), meta["classes"]
-        else:
-            raise ValueError(f"{path}: a {meta.get('task')!r} checkpoint has no etiology answer")
-        if list(classes) != HEADS["etiology"]:
-            raise ValueError(f"{path}: etiology classes {classes} differ from {HEADS['etiology']}")
-        return model.to(device).eval(), rows
+    def _load(path: str, cfg: MultiTaskConfig, device: torch.device) -> Predictor:
+        # Serving's reading of a checkpoint finds the etiology rows of either kind; the
+        # thread count stays the training's, and the eager model keeps the teacher exact.
+        teacher = Predictor.from_checkpoint(path, device=device, optimize=False,
+                                            threads=torch.get_num_threads(), head="etiology")
+        if teacher.head != "etiology":
+            raise ValueError(f"{path}: a {teacher.head!r} checkpoint has no etiology answer")
+        if (teacher.input_size, teacher.mean, teacher.std, teacher.channels) != (
+                cfg.input_size, GRAY_MEAN, GRAY_STD, 1):
+            raise ValueError(f"{path}: preprocessing {teacher.spec} differs from the student's")
+        if teacher.classes != HEADS["etiology"]:
+            raise ValueError(f"{path}: etiology classes {teacher.classes} differ from "
+                             f"{HEADS['etiology']}")
+        return teacher
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.stack([
-                torch.softmax(model(x)[1][:, rows].float() / self.temperature, dim=1)
-                for model, rows in self.members]).mean(0)
+                torch.softmax(t.head_logits(t.model(x)[1]).float() / self.temperature, dim=1)
+                for t in self.members]).mean(0)
 
 
 def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,

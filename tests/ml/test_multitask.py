@@ -328,7 +328,7 @@ def test_teacher_reads_the_etiology_rows_of_a_multi_checkpoint_and_refuses_a_bin
     cfg = tiny_config(distill_temperature=3.0)
     teacher = EtiologyTeacher(str(multi_ckpt), cfg, torch.device("cpu"))
     x = torch.randn(5, 1, 32, 32)
-    _, logits = teacher.members[0][0](x)
+    _, logits = teacher.members[0].model(x)
     a, b = head_slices()["etiology"]
     own = torch.softmax(logits[:, a:b] / 3.0, dim=1)
     assert torch.allclose(teacher.probs(x), own)
