@@ -137,7 +137,13 @@ class Stack:
         self.processes.append(process)
         return process
 
+    @property
+    def postgres(self) -> bool:
+        return self.database_url.startswith(("postgres://", "postgresql://"))
+
     def _ensure_database(self) -> None:
+        if not self.postgres:  # SQLite (a GPU host without PostgreSQL): the file is made
+            return
         import psycopg
 
         name = self.database_url.rsplit("/", 1)[1]
@@ -152,6 +158,8 @@ class Stack:
         """Runs accumulate dead rows in the bench database; PostgreSQL servers without
         autovacuum (this development machine's) never reclaim them, so clean up first, as
         autovacuum would in production."""
+        if not self.postgres:
+            return
         import psycopg
 
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -223,17 +231,20 @@ class RawModels:
     once; binary forward pass + CAM, plus the etiology pass when the worker has one."""
 
     def __init__(self, checkpoint: str, paths: list[Path], etiology: str | None = None,
-                 threads: str | None = None) -> None:
+                 threads: str | None = None, device: str = "cpu") -> None:
         import torch
 
         from ml.predictor import Predictor
         from ml.preprocess import decode_image, preprocess
+        from worker.runtime import Models
         from worker.tuning import tune_allocator
 
         tune_allocator()  # the same glibc settings as the worker's pool process
         cores = int(threads) if threads else None
-        self.binary = Predictor.from_checkpoint(checkpoint, device="cpu", threads=cores)
-        self.etiology = (Predictor.from_checkpoint(etiology, device="cpu", threads=cores)
+        self.models = Models(Predictor.from_checkpoint(checkpoint, device=device, threads=cores),
+                             None, torch.device(device), 0)
+        self.binary = self.models.binary
+        self.etiology = (Predictor.from_checkpoint(etiology, device=device, threads=cores)
                          if etiology else None)
         pixels = [decode_image(p.read_bytes()).pixels for p in paths]
         self.tensors = torch.stack([preprocess(px, self.binary.spec) for px in pixels])
@@ -242,9 +253,10 @@ class RawModels:
         self.run(0, 32)  # warm-up
 
     def run(self, start: int, n: int) -> None:
-        self.binary.predict_tensors(self.tensors[start:start + n], with_cam=True)
+        # Models.forward: on CUDA with pinned memory and fp16 autocast, as the worker runs it.
+        self.models.forward(self.binary, self.tensors[start:start + n], with_cam=True)
         if self.etiology is not None and self.tensors2 is not None:
-            self.etiology.predict_tensors(self.tensors2[start:start + n], with_cam=False)
+            self.models.forward(self.etiology, self.tensors2[start:start + n], with_cam=False)
 
     def pass_seconds(self, batch: int) -> tuple[float, float]:
         """(wall, CPU) seconds for every image once, in batches of `batch`."""
@@ -281,7 +293,7 @@ class RawStreams:
     layout, to compare with one copy using every core (RawModels)."""
 
     def __init__(self, processes: int, threads: int, checkpoint: str, paths: list[Path],
-                 etiology: str | None) -> None:
+                 etiology: str | None, device: str = "cpu") -> None:
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -292,7 +304,8 @@ class RawStreams:
         for _ in range(processes):
             parent, child = context.Pipe()
             process = context.Process(target=_raw_stream, daemon=True, args=(
-                child, self.barrier, threads, checkpoint, [str(p) for p in paths], etiology))
+                child, self.barrier, threads, checkpoint, [str(p) for p in paths], etiology,
+                device))
             process.start()
             self.pipes.append(parent)
             self.processes.append(process)
@@ -316,12 +329,12 @@ class RawStreams:
 
 
 def _raw_stream(pipe: Any, barrier: Any, threads: int, checkpoint: str, paths: list[str],
-                etiology: str | None) -> None:
+                etiology: str | None, device: str) -> None:
     import django
 
     django.setup()  # RawModels uses the worker's allocator settings
     raw = RawModels(checkpoint, [Path(p) for p in paths], etiology=etiology,
-                    threads=str(threads))
+                    threads=str(threads), device=device)
     pipe.send("ready")
     while (batch := pipe.recv()) is not None:
         barrier.wait()

@@ -149,8 +149,13 @@ def main() -> int:
                         help="WORKING_COPIES=false: the workers decode every original")
     parser.add_argument("--url", help="an installation already running (e.g. `make run`)")
     parser.add_argument("--token", help="API token of a user there (with --url)")
+    parser.add_argument("--device", default="cpu",
+                        help="the worker's INFERENCE_DEVICE and the raw models' device: cpu "
+                             "(default) or cuda (a GPU worker; pool sized as for a GPU)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    # Before settings are read: they size the worker's pool for its device.
+    os.environ["INFERENCE_DEVICE"] = args.device
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "backend.config.settings.local")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker (worker/tuning.py)
@@ -200,10 +205,11 @@ def main() -> int:
         for name in names:
             wait_for(lambda n=name: client.status_by_name(n)["status"] in FINAL, timeout=600,
                      interval=0.5, what="warm-up study finished")
-        raw = RawModels(checkpoint, big, etiology=etiology, threads=args.threads)
+        raw = RawModels(checkpoint, big, etiology=etiology, threads=args.threads,
+                        device=args.device)
         # With several pool processes, the raw speed of that layout too; the faster of the
         # two is the reference, so the worker is never compared with the weaker baseline.
-        streams = (RawStreams(processes, threads, checkpoint, big, etiology)
+        streams = (RawStreams(processes, threads, checkpoint, big, etiology, args.device)
                    if processes > 1 else None)
 
         def raw_measure() -> dict[str, Any]:
@@ -242,6 +248,7 @@ def main() -> int:
     results["config"] = {"chunk_size": chunk, "batch_size": batch, "rounds": args.rounds,
                          "processes": processes, "threads_per_process": threads,
                          "io_threads": os.environ.get("INFERENCE_IO_THREADS", "auto"),
+                         "device": args.device,
                          "full_size": args.full_size or "", "working_copies":
                          not args.no_working_copies,
                          "cpus": os.cpu_count(),
@@ -264,7 +271,8 @@ def print_table(r: dict) -> None:
         ("X-rays sent", f"{config.get('full_size') or '224x224'} JPEG, working copies "
                         f"{'on' if config.get('working_copies', True) else 'off'}"),
         ("worker", f"{config['processes']} pool process(es) x "
-                   f"{config['threads_per_process']} torch thread(s)"),
+                   f"{config['threads_per_process']} torch thread(s), "
+                   f"{config.get('device', 'cpu')}"),
         ("raw model throughput (forward + CAM [+ etiology])",
          f"{raw['images_per_s']:.1f} img/s (before {raw['images_per_s_before']:.1f}, "
          f"after {raw['images_per_s_after']:.1f}), the faster of:"),

@@ -52,6 +52,8 @@ def test_worker_listens_on_the_queue_tasks_are_routed_to(compose: dict[str, Any]
     gpu = compose["services"]["worker-gpu"]
     assert gpu["profiles"] == ["gpu"] and gpu["environment"]["INFERENCE_DEVICE"] == "cuda"
     assert command_of(gpu)[command_of(gpu).index("-Q") + 1] == "inference"
+    # Its pool is sized for a GPU host by the settings (several processes feed one GPU).
+    assert not any(arg.startswith("--concurrency") for arg in command_of(gpu))
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert importlib.import_module("worker").app.main == "pneumoscan"

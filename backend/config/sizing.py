@@ -10,6 +10,11 @@ import os
 from pathlib import Path
 
 MAX_AUTO_PROCESSES = 4
+# A GPU forward pass of a chunk costs ~0.2 ms per image; the CPU work around it (decode,
+# heatmap rendering, database writes) ~6 ms in its pool process. So several processes feed
+# one GPU, each with a few cores: on a 16-core H200 host 4 processes did 1.9x the images/s of
+# 1, and 8 no better than 1 (docs/benchmarks.md, "GPU worker").
+CORES_PER_GPU_PROCESS = 4
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
 
@@ -30,12 +35,14 @@ def gpu_present(gpus: Path = NVIDIA_GPUS) -> bool:
 
 def inference_processes(configured: int, *, device: str, cores: int | None = None,
                         gpus: Path = NVIDIA_GPUS) -> int:
-    """`configured` when set; else 1 on a GPU, one per core (at most 4) on a CPU worker."""
+    """`configured` when set; else one per core on a CPU worker, one per 4 cores on a GPU
+    worker (all sharing the GPU); at most 4."""
     if configured > 0:
         return configured
+    cores = cores or usable_cores()
     if device == "cuda" or (device == "auto" and gpu_present(gpus)):
-        return 1
-    return max(1, min(MAX_AUTO_PROCESSES, cores or usable_cores()))
+        return max(1, min(MAX_AUTO_PROCESSES, cores // CORES_PER_GPU_PROCESS))
+    return max(1, min(MAX_AUTO_PROCESSES, cores))
 
 
 def torch_threads(configured: int, *, processes: int, cores: int | None = None) -> int:

@@ -161,9 +161,11 @@ def test_inference_pool_size_follows_the_machine(tmp_path: Any) -> None:
     assert torch_threads(0, processes=4, cores=32) == 8
     assert torch_threads(0, processes=1, cores=2) == 2
     assert torch_threads(3, processes=2, cores=2) == 3  # INFERENCE_TORCH_THREADS wins
-    # GPU worker: one process (one CUDA context), found without initialising CUDA.
-    assert inference_processes(0, device="auto", cores=16, gpus=gpus) == 1
-    assert inference_processes(0, device="cuda", cores=16, gpus=no_gpu) == 1
+    # GPU worker, found without initialising CUDA: one process per 4 cores feeds the GPU.
+    assert inference_processes(0, device="auto", cores=16, gpus=gpus) == 4
+    assert inference_processes(0, device="cuda", cores=8, gpus=no_gpu) == 2
+    assert inference_processes(0, device="cuda", cores=2, gpus=no_gpu) == 1
+    assert inference_processes(0, device="auto", cores=64, gpus=gpus) == 4
     assert inference_processes(3, device="auto", cores=16, gpus=gpus) == 3  # as configured
 
 
