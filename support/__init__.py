@@ -4,6 +4,7 @@ crafted DICOM files."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
@@ -43,16 +44,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
 
 
 def xray_files(n: int, offset: int = 0) -> list[Path]:
-    """n distinct real X-rays of the Kermany set, alternating normal / pneumonia."""
+    """n distinct real X-rays of the Kermany set, alternating normal / pneumonia.
+
+    Distinct in content too: the set holds a few byte-identical files, and a study keeps one
+    copy of each (the second is reported as a duplicate)."""
     normal = sorted((KERMANY_TRAIN / "NORMAL").glob("*.jpeg"))
     pneumonia = sorted((KERMANY_TRAIN / "PNEUMONIA").glob("*.jpeg"))
     if not normal or not pneumonia:
         raise FileNotFoundError(f"No Kermany X-rays under {KERMANY_TRAIN} (set PNEUMO_DATA_DIR)")
     mixed = [p for pair in zip(normal, pneumonia, strict=False) for p in pair]
     mixed += pneumonia[len(normal):]
-    if offset + n > len(mixed):
-        raise FileNotFoundError(f"Only {len(mixed)} X-rays available")
-    return mixed[offset:offset + n]
+    seen: set[bytes] = set()
+    distinct: list[Path] = []
+    for path in mixed:
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            distinct.append(path)
+            if len(distinct) == offset + n:
+                return distinct[offset:]
+    raise FileNotFoundError(f"Only {len(distinct)} distinct X-rays available")
 
 
 def full_size_jpeg(path: Path, size: tuple[int, int] = (1800, 1500), **save: Any) -> bytes:
