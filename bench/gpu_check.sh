@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, on a host with a CUDA GPU: the CUDA tests, `ml bench` on the GPU
-# (the shipped model alone and side by side with the v1 two-model pipeline), and the pipeline
-# bench with a GPU worker. Every step has its own time limit and log; one failing step does
+# The GPU checks in one run, on a host with a CUDA GPU: the CUDA tests (serving and training),
+# `ml bench` on the GPU (the shipped model alone and side by side with the v1 two-model
+# pipeline), and the pipeline bench with a GPU worker. Every step has its own time limit and log; one failing step does
 # not stop the others. Results: $OUT (default var/gpu), summarised in docs/benchmarks.md.
 #
 #   bench/gpu_check.sh                       # python3 with this project's requirements
@@ -36,7 +36,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/NAME.log
 
 step machine 30 sh -c "nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
     || true; nproc; $PY -c 'import torch; print(torch.__version__, torch.cuda.is_available())'"
-step cuda-tests 180 "$PY" -m pytest -p no:cacheprovider -q -rs tests/worker/test_cuda.py
+step cuda-tests 180 "$PY" -m pytest -p no:cacheprovider -q -rs tests/worker/test_cuda.py \
+    tests/ml/test_multitask.py -k cuda
 step ml-bench 150 "$PY" -m ml bench --device "$DEVICE" --batch-sizes 1 8 32 128 --repeats 5 \
     --json "$OUT/ml-bench.json"
 step ml-bench-versus 150 "$PY" -m ml bench --device "$DEVICE" --versus ml/weights/v1/binary.pt \
