@@ -13,7 +13,7 @@ MAX_AUTO_PROCESSES = 4
 # A GPU forward pass of a chunk costs ~0.2 ms per image; the CPU work around it (decode,
 # heatmap rendering, database writes) ~6 ms in its pool process. So several processes feed
 # one GPU, each with a few cores: on a 16-core H200 host 4 processes did 1.9x the images/s of
-# 1, and 8 no better than 1 (docs/benchmarks.md, "GPU worker").
+# 1, and 8 (on SQLite there) no better than 1 (docs/benchmarks.md, "GPU worker").
 CORES_PER_GPU_PROCESS = 4
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
