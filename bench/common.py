@@ -241,11 +241,11 @@ class RawModels:
 
         tune_allocator()  # the same glibc settings as the worker's pool process
         cores = int(threads) if threads else None
-        self.models = Models(Predictor.from_checkpoint(checkpoint, device=device, threads=cores),
-                             None, torch.device(device), 0)
-        self.binary = self.models.binary
-        self.etiology = (Predictor.from_checkpoint(etiology, device=device, threads=cores)
-                         if etiology else None)
+        self.models = Models(
+            Predictor.from_checkpoint(checkpoint, device=device, threads=cores),
+            Predictor.from_checkpoint(etiology, device=device, threads=cores) if etiology else None,
+            torch.device(device), 0)
+        self.binary, self.etiology = self.models.binary, self.models.etiology
         pixels = [decode_image(p.read_bytes()).pixels for p in paths]
         self.tensors = torch.stack([preprocess(px, self.binary.spec) for px in pixels])
         self.tensors2 = (torch.stack([preprocess(px, self.etiology.spec) for px in pixels])

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, on a host with a CUDA GPU: the CUDA tests (serving and training),
 # `ml bench` on the GPU (the shipped model alone and side by side with the v1 two-model
-# pipeline), and the pipeline bench with a GPU worker. Every step has its own time limit and log; one failing step does
-# not stop the others. Results: $OUT (default var/gpu), summarised in docs/benchmarks.md.
+# pipeline), and the pipeline bench with a GPU worker. Every step has its own time limit and
+# log; one failing step does not stop the others. Results: $OUT (default var/gpu), summarised in docs/benchmarks.md.
 #
 #   bench/gpu_check.sh                       # python3 with this project's requirements
 #   DEVICE=cpu N=64 bench/gpu_check.sh       # a dry run of the same steps on a CPU

@@ -364,24 +364,19 @@ def test_distillation_enters_the_training_loss_only_with_a_weight(
     assert float(taught.history[0]["train_loss"]) != plain
 
 
-def train_and_serve_on_cpu(device: str, teacher: Path, scope_folder: Path, out: Path) -> None:
-    """One epoch on `device` with a teacher (its forward passes on `device` too); the
-    checkpoint then serves every answer on a machine without that device."""
-    root: Path = pytest.multi_data_root  # type: ignore[attr-defined]
-    result = train(tiny_config(epochs=1, device=device, distill_from=str(teacher),
-                               distill_weight=1.0), root, scope_folder,
-                   command="pytest", log=lambda s: None)
-    assert result.meta["device"].startswith(device)
-    assert np.isfinite(result.history[0]["train_loss"])
-    save_checkpoint(out, result.model, result.meta)
-    predictor = Predictor.from_checkpoint(out, device="cpu")
-    image = next((root / "PNEUMONIA").glob("*.jpeg"))
-    pred = predictor.predict([image])[0]
-    assert pred.etiology is not None and pred.scope is not None and pred.heatmap is not None
-
-
 @pytest.mark.skipif("not torch.cuda.is_available()", reason="needs a CUDA GPU")
 def test_training_runs_on_cuda_and_its_checkpoint_serves_on_a_cpu(
     multi_ckpt: Path, scope_folder: Path, tmp_path: Path
 ) -> None:
-    train_and_serve_on_cpu("cuda", multi_ckpt, scope_folder, tmp_path / "gpu.pt")
+    # One epoch on the GPU with a teacher (its passes on the GPU too); the checkpoint then
+    # serves every answer on a machine without one.
+    root: Path = pytest.multi_data_root  # type: ignore[attr-defined]
+    result = train(tiny_config(epochs=1, device="cuda", distill_from=str(multi_ckpt),
+                               distill_weight=1.0), root, scope_folder,
+                   command="pytest", log=lambda s: None)
+    assert result.meta["device"].startswith("cuda")
+    assert np.isfinite(result.history[0]["train_loss"])
+    out = save_checkpoint(tmp_path / "gpu.pt", result.model, result.meta)
+    predictor = Predictor.from_checkpoint(out, device="cpu")
+    pred = predictor.predict([next((root / "PNEUMONIA").glob("*.jpeg"))])[0]
+    assert pred.etiology is not None and pred.scope is not None and pred.heatmap is not None

@@ -46,12 +46,12 @@ def test_cuda_forward_of_shipped_model_gives_the_cpu_answers_on_real_xrays(
         kermany_images: dict[str, list[Path]]) -> None:
     import torch
 
-    from ml.predictor import Predictor
-    from ml.preprocess import decode_image, preprocess
+    from ml.checkpoint import load_checkpoint
+    from ml.preprocess import preprocess
 
     paths = kermany_images["normal"][:24] + kermany_images["pneumonia"][:24]
-    spec = Predictor.from_checkpoint(SHIPPED, device="cpu").spec
-    batch = torch.stack([preprocess(decode_image(p.read_bytes()).pixels, spec) for p in paths])
+    spec = load_checkpoint(SHIPPED)[1]["preprocessing"]
+    batch = torch.stack([preprocess(p, spec) for p in paths])
     cpu_preds, gpu_preds = _both(SHIPPED, batch)
     for path, a, b in zip(paths, cpu_preds, gpu_preds, strict=True):
         assert abs(a.score - b.score) < 2e-2, path.name
