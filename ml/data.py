@@ -12,10 +12,11 @@ when the etiology is unknown) and mapped to class indices per task.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,6 +243,20 @@ def summarize(records: Sequence[Record], task: str) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the block. A per-image resize is too small to share among
+    threads: each op's parallel region then costs more than the op (twice the time on the
+    2-core machine with 5 threads, and no image decoded in 8 minutes by three trainings of
+    5 threads each on a GPU host's 16 virtual cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class CachedImageDataset(torch.utils.data.Dataset):
     """Decodes every image once (through ml.preprocess) and keeps it as uint8 in memory.
 
@@ -267,18 +282,19 @@ class CachedImageDataset(torch.utils.data.Dataset):
             from tqdm import tqdm
 
             iterator = tqdm(recs, desc=f"decoding {len(recs)} images", unit="img", leave=False)
-        for r in iterator:
-            try:
-                pixels = decode_image(r.path).pixels
-            except ImageDecodeError as exc:
-                self.skipped.append((r.path, str(exc)))
-                continue
-            t = resize_pixels(pixels, self.size)
-            images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
-            idx = label_index(r.label, task)
-            assert idx is not None
-            labels.append(idx)
-            kept.append(r)
+        with one_torch_thread():
+            for r in iterator:
+                try:
+                    pixels = decode_image(r.path).pixels
+                except ImageDecodeError as exc:
+                    self.skipped.append((r.path, str(exc)))
+                    continue
+                t = resize_pixels(pixels, self.size)
+                images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
+                idx = label_index(r.label, task)
+                assert idx is not None
+                labels.append(idx)
+                kept.append(r)
         self.images = images[: len(kept)].clone() if len(kept) < len(recs) else images
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.records = kept

@@ -295,9 +295,11 @@ def train_one_epoch(
         if len(idx) < 2:  # BatchNorm needs >1 sample
             continue
         x, y = train_ds.batch(idx)
-        x = augment(x, generator=gen)
+        # Augmented where it trains (its random draws come from the CPU generator either way,
+        # so a seeded run draws the same augmentations on CPU and GPU).
+        x = augment(x.to(device, non_blocking=True), generator=gen)
         x = normalize(x, spec["mean"], spec["std"], spec["channels"])
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
             _, logits = model(x)
             loss = criterion(logits.float(), y)

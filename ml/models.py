@@ -240,6 +240,10 @@ REGISTRY: dict[str, ArchInfo] = {
         "pneumonet", 1, "compact ResNet-style CNN, 1-channel, GAP+linear", _pn_builder(32)
     ),
     "pneumonet_small": ArchInfo("pneumonet_small", 1, "pneumonet at half width", _pn_builder(16)),
+    # Four times the compute of pneumonet: too slow to serve on the CPU bar, trained on a GPU
+    # as a teacher whose etiology answers the served model learns (--distill-from).
+    "pneumonet_wide": ArchInfo("pneumonet_wide", 1, "pneumonet at twice the width",
+                               _pn_builder(64)),
 }
 for _arch in _TV_WEIGHTS:
     REGISTRY[_arch] = ArchInfo(_arch, 3, f"torchvision {_arch}", _tv_builder(_arch))

@@ -34,7 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from ml.calibration import apply_temperature, fit_temperature, threshold_for_sensitivity
-from ml.data import TASK_CLASSES, Record, discover, label_index, summarize, training_split
+from ml.data import (
+    TASK_CLASSES,
+    Record,
+    discover,
+    label_index,
+    one_torch_thread,
+    summarize,
+    training_split,
+)
 from ml.engine import (
     GRAY_MEAN,
     GRAY_STD,
@@ -216,14 +224,15 @@ def _decode_all(paths: Sequence[Path], size: int, log: Callable[[str], None]
                 ) -> tuple[torch.Tensor, list[int]]:
     images = torch.empty((len(paths), size, size), dtype=torch.uint8)
     kept: list[int] = []
-    for i, p in enumerate(paths):
-        try:
-            t = resize_pixels(decode_image(p).pixels, size)
-        except ImageDecodeError as exc:
-            log(f"skipped unreadable image {p}: {exc}")
-            continue
-        images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
-        kept.append(i)
+    with one_torch_thread():
+        for i, p in enumerate(paths):
+            try:
+                t = resize_pixels(decode_image(p).pixels, size)
+            except ImageDecodeError as exc:
+                log(f"skipped unreadable image {p}: {exc}")
+                continue
+            images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
+            kept.append(i)
     return images[: len(kept)].clone(), kept
 
 
@@ -389,7 +398,7 @@ def mixup_batch(x: torch.Tensor, alpha: float, gen: torch.Generator
     partner = torch.randperm(len(x), generator=gen)
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
     lam = float(np.random.default_rng(seed).beta(alpha, alpha))
-    return lam * x + (1.0 - lam) * x[partner], partner, lam
+    return lam * x + (1.0 - lam) * x[partner.to(x.device)], partner, lam
 
 
 class EtiologyTeacher:
@@ -472,12 +481,14 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
                      disable=not cfg.progress, file=sys.stderr):
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = merged.batch(idx)
-        x = augment(x, generator=gen)
+        # Augmented where it trains, from the CPU generator's draws (as ml.engine).
+        x = augment(x.to(device), generator=gen)
         # Negative grey scale (a MONOCHROME1 image shown as MONOCHROME2, an inverted export):
         # made from any image of the batch, it has no pneumonia label.
         flip = torch.rand(len(idx), generator=gen) < cfg.invert_p
         if bool(flip.any()):
-            x[flip] = 1.0 - x[flip]
+            on = flip.to(x.device)
+            x[on] = 1.0 - x[on]
             y = {k: v.clone() for k, v in y.items()}
             y["scope"][flip] = inverted
             y["binary"][flip] = IGNORE
@@ -485,7 +496,7 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
         partner, lam = None, 1.0
         if cfg.mixup_alpha > 0:
             x, partner, lam = mixup_batch(x, cfg.mixup_alpha, gen)
-        x = normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device)
+        x = normalize(x, GRAY_MEAN, GRAY_STD, 1)
         _, logits = model(x)
         y = {k: v.to(device) for k, v in y.items()}
         loss = lam * multitask_loss(logits, y, weights, cfg)
@@ -494,10 +505,15 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
             partner = partner.to(device)
             loss = loss + (1.0 - lam) * multitask_loss(
                 logits, {k: v[partner] for k, v in y.items()}, weights, cfg)
-        if teacher is not None:
-            # Paediatric images only (not inverted): where the teacher was trained to answer.
+        taught = y["etiology"] != IGNORE
+        if teacher is not None and bool(taught.any()):
+            # Paediatric images only (not inverted): where the teacher was trained to answer;
+            # the others are not passed through it at all (a wide teacher costs more than the
+            # student's own step).
+            probs = logits.new_zeros((len(x), len(HEADS["etiology"])))
+            probs[taught] = teacher.probs(x[taught])
             loss = loss + cfg.distill_weight * distill_loss(
-                logits, teacher.probs(x), y["etiology"] != IGNORE, cfg.distill_temperature)
+                logits, probs, taught, cfg.distill_temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

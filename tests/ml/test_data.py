@@ -13,6 +13,7 @@ from ml.data import (
     discover,
     etiology_from_name,
     label_index,
+    one_torch_thread,
     patient_id,
     split_by_patient,
     summarize,
@@ -122,3 +123,40 @@ def test_cached_dataset(synthetic_folder: Path) -> None:
     assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert set(ds.labels.tolist()) == {0, 1, 2}
     assert len(task_records(recs, "etiology")) == len(recs)
+
+
+def test_one_torch_thread_restores_the_thread_count_even_after_an_error() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with one_torch_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError), one_torch_thread():
+            raise RuntimeError("decode failed")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cached_dataset_decodes_on_one_thread_and_gives_the_caller_its_threads_back(
+    synthetic_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.data
+
+    seen: list[int] = []
+    real = ml.data.resize_pixels
+
+    def spy(pixels: np.ndarray, size: int) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return real(pixels, size)
+
+    monkeypatch.setattr(ml.data, "resize_pixels", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ds = CachedImageDataset(discover(synthetic_folder), "binary", 32)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(ds) == len(seen) > 0 and set(seen) == {1}

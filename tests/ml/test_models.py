@@ -29,6 +29,7 @@ REQUIRED = [
 PLAIN_CAM = {
     "pneumonet",
     "pneumonet_small",
+    "pneumonet_wide",
     "resnet18",
     "resnet50",
     "densenet121",
@@ -43,7 +44,8 @@ def test_registry_has_required_archs() -> None:
 # vgg16/densenet121/resnet50 build fine too but are slow to initialise on a 2-core CPU; the
 # wrapper code paths they use are covered by resnet18 (GAP+linear) and mobilenet (Grad-CAM).
 @pytest.mark.parametrize(
-    "arch", ["pneumonet", "pneumonet_small", "resnet18", "efficientnet_b0", "mobilenet_v3_small"]
+    "arch", ["pneumonet", "pneumonet_small", "pneumonet_wide", "resnet18", "efficientnet_b0",
+             "mobilenet_v3_small"]
 )
 def test_forward_returns_features_and_logits(arch: str) -> None:
     torch.manual_seed(0)

@@ -335,6 +335,10 @@ def test_teacher_reads_the_etiology_rows_of_a_multi_checkpoint_and_refuses_a_bin
     # Two members: their probabilities averaged (one member twice: the same probabilities).
     pair = EtiologyTeacher(f"{multi_ckpt}, {multi_ckpt}", cfg, torch.device("cpu"))
     assert len(pair.members) == 2 and torch.allclose(pair.probs(x), own, atol=1e-6)
+    # Eval mode: each row's answer is its own, so training may pass only the paediatric rows
+    # of a batch through the teacher.
+    some = torch.tensor([0, 2, 3])
+    assert torch.allclose(teacher.probs(x[some]), teacher.probs(x)[some], atol=1e-6)
     with pytest.raises(ValueError, match="preprocessing"):
         EtiologyTeacher(str(multi_ckpt), tiny_config(input_size=64), torch.device("cpu"))
     _, meta = load_checkpoint(multi_ckpt)
