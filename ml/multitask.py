@@ -481,8 +481,9 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
                      disable=not cfg.progress, file=sys.stderr):
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = merged.batch(idx)
-        # Augmented where it trains, from the CPU generator's draws (as ml.engine).
-        x = augment(x.to(device), generator=gen)
+        # Augmented on the CPU: shift_augment's collimation and blur have not yet run on a GPU
+        # (ml.engine's augmentation, which has, runs on the training device).
+        x = augment(x, generator=gen)
         # Negative grey scale (a MONOCHROME1 image shown as MONOCHROME2, an inverted export):
         # made from any image of the batch, it has no pneumonia label.
         flip = torch.rand(len(idx), generator=gen) < cfg.invert_p
@@ -496,7 +497,7 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
         partner, lam = None, 1.0
         if cfg.mixup_alpha > 0:
             x, partner, lam = mixup_batch(x, cfg.mixup_alpha, gen)
-        x = normalize(x, GRAY_MEAN, GRAY_STD, 1)
+        x = normalize(x, GRAY_MEAN, GRAY_STD, 1).to(device)
         _, logits = model(x)
         y = {k: v.to(device) for k, v in y.items()}
         loss = lam * multitask_loss(logits, y, weights, cfg)

@@ -116,7 +116,7 @@ class RadiographAugment:
         if self.collimate_p > 0:
             do = (u(0.0, 1.0) < self.collimate_p).tolist()
             bands = (u(0.0, self.collimate_frac, 4 * b).view(b, 4)
-                     * torch.tensor([h, h, w, w], dtype=torch.float32)).long().tolist()
+                     * torch.tensor([h, h, w, w], dtype=torch.float32, device=dev)).long().tolist()
             for i in range(b):
                 if do[i]:
                     top, bottom, left, right = bands[i]
