@@ -262,6 +262,31 @@ def test_shipped_gate_turns_away_the_non_chest_and_adult_dicoms(dicom_dir: Path)
     assert [p.scope.reason for p in out[:3]] == ["not_chest_radiograph"] * 3  # type: ignore[union-attr]
 
 
+def test_shipped_gate_turns_away_every_shared_dicom_from_its_pixels_alone(
+    dicom_dir: Path,
+) -> None:
+    """Metadata stripped (a JPEG export, a PACS that drops the tags): the scope head alone.
+    None of these files, from other hospitals than any training image, was trained on."""
+    from ml import default_checkpoint
+    from ml.decode import decode_image
+
+    pred = Predictor.from_checkpoint(default_checkpoint(), threads=1)
+    names = sorted(p.name for p in dicom_dir.glob("*.dcm") if "undecodable" not in p.name)
+    out = pred.predict([decode_image(dicom_dir / n).pixels for n in names], with_cam=False,
+                       metadata=[None] * len(names))
+    verdicts = {n: p.scope for n, p in zip(names, out, strict=True)}
+    assert len(verdicts) == 9
+    reasons = {}
+    for name, v in verdicts.items():
+        assert v is not None and not v.in_scope and v.source == "pixels", name
+        reasons[name] = v.reason
+    # The file whose MONOCHROME1 tag mislabels MONOCHROME2 pixels decodes to a negative image.
+    mislabelled = "cr-chest-pa-jpeg-baseline-monochrome1.dcm"
+    assert reasons.pop(mislabelled) == "inverted"
+    adult_chests = {n: r for n, r in reasons.items() if "chest" in n}
+    assert len(adult_chests) == 5 and set(adult_chests.values()) == {"adult"}
+
+
 def test_shipped_gate_keeps_validation_children_in_scope(kermany_dir: Path) -> None:
     from ml import default_checkpoint
     from ml.data import discover, split_by_patient
