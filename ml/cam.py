@@ -145,6 +145,25 @@ def bounding_box(
 # --------------------------------------------------------------------------------------------
 
 
+def edge_band_shares(heatmaps: np.ndarray, frac: float = 1 / 6) -> dict[str, np.ndarray]:
+    """Per heatmap of an (N,S,S) stack: the share of its weight in the top and the bottom
+    ``frac`` of the rows, and whether its peak lies there. On a frontal chest film those bands
+    hold the neck and the upper abdomen, outside the lungs: weight there is evidence drawn from
+    how the film is framed (a uniform map puts 2 x frac of its weight there)."""
+    h = np.asarray(heatmaps, dtype=np.float64)
+    if h.ndim != 3 or h.shape[1] < 2:
+        raise ValueError(f"expected an (N,S,S) stack of heatmaps, got shape {h.shape}")
+    band = max(1, round(h.shape[1] * frac))
+    total = h.sum(axis=(1, 2))
+    total = np.where(total > 0, total, 1.0)
+    peak_rows = h.reshape(len(h), -1).argmax(axis=1) // h.shape[2]
+    return {
+        "top": h[:, :band].sum(axis=(1, 2)) / total,
+        "bottom": h[:, -band:].sum(axis=(1, 2)) / total,
+        "peak_at_edge": (peak_rows < band) | (peak_rows >= h.shape[1] - band),
+    }
+
+
 def _jet(v: np.ndarray) -> np.ndarray:
     """Jet-like colormap in numpy (avoids importing matplotlib in serving): [0,1] -> RGB."""
     v = np.clip(v, 0.0, 1.0)

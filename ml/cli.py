@@ -1,5 +1,5 @@
 """Command line: ``python -m ml COMMAND`` with train, train-multi, evaluate, calibrate, predict,
-compare, bench and stress.
+compare, bench, stress and heatmaps.
 
 The two trainings take one ``--option`` per field of their config dataclass
 (``add_config_args``), so a new setting is one line in ``TrainConfig`` or ``MultiTaskConfig``.
@@ -244,6 +244,20 @@ def cmd_stress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heatmaps(args: argparse.Namespace) -> int:
+    from ml.evaluate import write_json
+    from ml.stress import format_framing, heatmap_framing
+
+    ckpt = args.checkpoint or default_checkpoint("binary")
+    rows = heatmap_framing(ckpt, args.data, threads=args.threads)
+    print(f"where the heatmaps of {ckpt} put their weight, on its validation split of "
+          f"{args.data}:")
+    print(format_framing(rows))
+    if args.json:
+        write_json(rows, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ml", description="Pneumonia CXR models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     p.set_defaults(func=cmd_stress)
+
+    p = sub.add_parser(
+        "heatmaps", help="where the heatmaps put their weight on the validation split: the "
+        "share in the top and bottom sixth (neck, abdomen) per predicted class")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--data", required=True, help="the training data root (its split is rebuilt)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_heatmaps)
     return parser
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml.cam import edge_band_shares
 from ml.data import discover, label_index, split_by_patient
 from ml.metrics import compute_metrics
 from ml.multitask import STRESS
@@ -58,6 +59,42 @@ def stress_test(checkpoint: str | Path, data: str | Path, threads: int | None = 
             row["out_of_scope_rate"] = float(np.mean([not s.in_scope for s in scopes]))
         rows[name] = row
     return rows
+
+
+@torch.inference_mode()
+def heatmap_framing(checkpoint: str | Path, data: str | Path, threads: int | None = None,
+                    seed: int | None = None, batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Where the served heatmaps put their weight on the clean validation split, per predicted
+    class of the primary head: the mean share in the top and bottom sixth of the image (neck,
+    upper abdomen) and the share of heatmaps that peak there. The framing shortcut the first
+    model showed (normal drawn from neck and abdomen) reads as a share above uniform's 1/3."""
+    pred = Predictor.from_checkpoint(checkpoint, threads=threads)
+    images, _ = validation_images(pred, data, seed)
+    x = normalize(images, pred.mean, pred.std, pred.channels)
+    preds = [p for i in range(0, len(x), batch_size)
+             for p in pred.predict_tensors(x[i : i + batch_size], with_cam=True)]
+    labels = np.array([p.label for p in preds])
+    shares = edge_band_shares(np.stack([p.heatmap for p in preds]))  # type: ignore[misc]
+    out: dict[str, dict[str, Any]] = {}
+    for cls in pred.classes:
+        sel = labels == cls
+        if not sel.any():
+            continue
+        top, bottom = shares["top"][sel], shares["bottom"][sel]
+        out[cls] = {"n": int(sel.sum()), "top_share": float(top.mean()),
+                    "bottom_share": float(bottom.mean()),
+                    "edge_share": float((top + bottom).mean()),
+                    "peak_at_edge_rate": float(shares["peak_at_edge"][sel].mean())}
+    return out
+
+
+def format_framing(rows: dict[str, dict[str, Any]]) -> str:
+    lines = ["| predicted | n | weight in top sixth | bottom sixth | both (uniform 0.333) "
+             "| peak there |", "|---|---|---|---|---|---|"]
+    for cls, r in rows.items():
+        lines.append(f"| {cls} | {r['n']} | {r['top_share']:.3f} | {r['bottom_share']:.3f} | "
+                     f"{r['edge_share']:.3f} | {r['peak_at_edge_rate']:.3f} |")
+    return "\n".join(lines)
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:

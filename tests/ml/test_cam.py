@@ -16,6 +16,7 @@ from ml.cam import (
     bounding_box,
     cam_from_features,
     compute_cams,
+    edge_band_shares,
     grad_cam,
     heatmap_png,
     heatmap_pngs,
@@ -276,3 +277,18 @@ def test_overlay_and_heatmap_png() -> None:
     # A batch is rendered like its images one by one.
     maps = np.stack([heat, np.eye(7, dtype=np.float32)])
     assert heatmap_pngs(maps) == [heatmap_png(heat), heatmap_png(np.eye(7, dtype=np.float32))]
+
+
+def test_edge_band_shares_find_weight_and_peaks_in_the_neck_and_abdomen_bands() -> None:
+    maps = np.zeros((3, 12, 12), np.float32)
+    maps[0, 0, 5] = 1.0  # all weight in the top band, peak there
+    maps[1] = 1.0  # uniform: 1/6 in each band
+    maps[2, 6, 6], maps[2, 11, 0] = 2.0, 1.0  # peak in the middle, a third of it at the bottom
+    shares = edge_band_shares(maps)
+    assert shares["top"].tolist() == pytest.approx([1.0, 1 / 6, 0.0])
+    assert shares["bottom"].tolist() == pytest.approx([0.0, 1 / 6, 1 / 3])
+    assert shares["peak_at_edge"].tolist() == [True, True, False]  # uniform: first cell wins
+    empty = edge_band_shares(np.zeros((1, 6, 6)))
+    assert empty["top"][0] == 0.0 and empty["bottom"][0] == 0.0
+    with pytest.raises(ValueError, match="stack"):
+        edge_band_shares(np.zeros((6, 6)))

@@ -249,6 +249,24 @@ def test_stress_test_reports_every_perturbation_with_the_gate(multi_ckpt: Path) 
     assert table.count("\n") == len(rows) + 1 and "out of scope rate" in table
 
 
+def test_heatmaps_command_reports_edge_weight_per_predicted_class(
+    multi_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ml.cli import main
+
+    root = pytest.multi_data_root  # type: ignore[attr-defined]
+    out = tmp_path / "framing.json"
+    assert main(["heatmaps", "--checkpoint", str(multi_ckpt), "--data", str(root),
+                 "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert set(rows) <= set(HEADS["binary"]) and sum(r["n"] for r in rows.values()) > 0
+    for r in rows.values():
+        assert 0.0 <= r["top_share"] <= r["edge_share"] <= 1.0
+        assert r["edge_share"] == pytest.approx(r["top_share"] + r["bottom_share"])
+        assert 0.0 <= r["peak_at_edge_rate"] <= 1.0
+    assert "uniform 0.333" in capsys.readouterr().out
+
+
 def test_shipped_gate_turns_away_the_non_chest_and_adult_dicoms(dicom_dir: Path) -> None:
     from ml import default_checkpoint
 
