@@ -368,23 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser(
-        "stress", help="metrics on the validation split under exposure, contrast, framing, "
-        "mirror and blur changes (any checkpoint)")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", required=True, help="the training data root (its split is rebuilt)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None)
-    p.set_defaults(func=cmd_stress)
-
-    p = sub.add_parser(
-        "heatmaps", help="where the heatmaps put their weight on the validation split: the "
-        "share in the top and bottom sixth (neck, abdomen) per predicted class")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--data", required=True, help="the training data root (its split is rebuilt)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", default=None)
-    p.set_defaults(func=cmd_heatmaps)
+    # Both rebuild a checkpoint's validation split and report on it.
+    for name, func, text in (
+        ("stress", cmd_stress, "metrics on the validation split under exposure, contrast, "
+         "framing, mirror and blur changes (any checkpoint)"),
+        ("heatmaps", cmd_heatmaps, "where the heatmaps put their weight on the validation "
+         "split: the share in the top and bottom sixth (neck, abdomen) per predicted class"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--checkpoint", default=None)
+        p.add_argument("--data", required=True,
+                       help="the training data root (its split is rebuilt)")
+        p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--json", default=None)
+        p.set_defaults(func=func)
     return parser
 
 
