@@ -247,8 +247,8 @@ def summarize(records: Sequence[Record], task: str) -> dict[str, object]:
 def one_torch_thread() -> Iterator[None]:
     """Torch on one thread for the block. A per-image resize is too small to share among
     threads: each op's parallel region then costs more than the op (twice the time on the
-    2-core machine with 5 threads, and no image decoded in 8 minutes by three trainings of
-    5 threads each on a GPU host's 16 virtual cores)."""
+    2-core machine with 5 threads; three trainings of 5 threads each on a GPU host's 16
+    virtual cores had not decoded their 5,216 images after 8 minutes, on one thread ~10 s)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

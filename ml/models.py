@@ -240,8 +240,9 @@ REGISTRY: dict[str, ArchInfo] = {
         "pneumonet", 1, "compact ResNet-style CNN, 1-channel, GAP+linear", _pn_builder(32)
     ),
     "pneumonet_small": ArchInfo("pneumonet_small", 1, "pneumonet at half width", _pn_builder(16)),
-    # Four times the compute of pneumonet: too slow to serve on the CPU bar, trained on a GPU
-    # as a teacher whose etiology answers the served model learns (--distill-from).
+    # Four times the compute of pneumonet: too slow to serve on the CPU bar; for teachers
+    # trained on a GPU (--distill-from; docs/ml.md: the one tried told bacterial from viral
+    # no better than v1).
     "pneumonet_wide": ArchInfo("pneumonet_wide", 1, "pneumonet at twice the width",
                                _pn_builder(64)),
 }
