@@ -257,6 +257,32 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def decode_resized(paths: Sequence[Path], size: int, progress: bool = False
+                   ) -> tuple[torch.Tensor, list[int], list[tuple[Path, str]]]:
+    """Every image decoded once (through ml.preprocess) and resized to ``size``: an (N,S,S)
+    uint8 tensor of the readable ones, their indices in ``paths``, and the unreadable ones
+    with the reason. The training caches of both trainings are made here."""
+    images = torch.empty((len(paths), size, size), dtype=torch.uint8)
+    kept: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    iterator: Sequence[Path] = paths
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(paths, desc=f"decoding {len(paths)} images", unit="img", leave=False)
+    with one_torch_thread():
+        for i, p in enumerate(iterator):
+            try:
+                pixels = decode_image(p).pixels
+            except ImageDecodeError as exc:
+                skipped.append((Path(p), str(exc)))
+                continue
+            t = resize_pixels(pixels, size)
+            images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
+            kept.append(i)
+    return (images[: len(kept)].clone() if len(kept) < len(paths) else images), kept, skipped
+
+
 class CachedImageDataset(torch.utils.data.Dataset):
     """Decodes every image once (through ml.preprocess) and keeps it as uint8 in memory.
 
@@ -273,29 +299,11 @@ class CachedImageDataset(torch.utils.data.Dataset):
         self.size = int(size)
         self.classes = TASK_CLASSES[task]
         recs = task_records(records, task)
-        images = torch.empty((len(recs), self.size, self.size), dtype=torch.uint8)
-        labels: list[int] = []
-        kept: list[Record] = []
-        self.skipped: list[tuple[Path, str]] = []
-        iterator: Sequence[Record] = recs
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(recs, desc=f"decoding {len(recs)} images", unit="img", leave=False)
-        with one_torch_thread():
-            for r in iterator:
-                try:
-                    pixels = decode_image(r.path).pixels
-                except ImageDecodeError as exc:
-                    self.skipped.append((r.path, str(exc)))
-                    continue
-                t = resize_pixels(pixels, self.size)
-                images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
-                idx = label_index(r.label, task)
-                assert idx is not None
-                labels.append(idx)
-                kept.append(r)
-        self.images = images[: len(kept)].clone() if len(kept) < len(recs) else images
+        self.images, kept_at, self.skipped = decode_resized(
+            [r.path for r in recs], self.size, progress)
+        kept = [recs[i] for i in kept_at]
+        labels = [label_index(r.label, task) for r in kept]
+        assert None not in labels  # task_records kept only labelled records
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.records = kept
 

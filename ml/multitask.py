@@ -37,9 +37,9 @@ from ml.calibration import apply_temperature, fit_temperature, threshold_for_sen
 from ml.data import (
     TASK_CLASSES,
     Record,
+    decode_resized,
     discover,
     label_index,
-    one_torch_thread,
     summarize,
     training_split,
 )
@@ -55,7 +55,7 @@ from ml.engine import (
 from ml.metrics import auc_or_chance, compute_metrics, full_report, macro_roc_auc
 from ml.models import CamModel, build_model, count_parameters
 from ml.predictor import Predictor
-from ml.preprocess import ImageDecodeError, decode_image, normalize, resize_pixels
+from ml.preprocess import normalize
 from ml.scope import SCOPE_CLASSES, scope_verdicts
 from ml.scope_data import (
     ScopeRecord,
@@ -222,18 +222,10 @@ class Split:
 
 def _decode_all(paths: Sequence[Path], size: int, log: Callable[[str], None]
                 ) -> tuple[torch.Tensor, list[int]]:
-    images = torch.empty((len(paths), size, size), dtype=torch.uint8)
-    kept: list[int] = []
-    with one_torch_thread():
-        for i, p in enumerate(paths):
-            try:
-                t = resize_pixels(decode_image(p).pixels, size)
-            except ImageDecodeError as exc:
-                log(f"skipped unreadable image {p}: {exc}")
-                continue
-            images[len(kept)] = (t * 255.0).round_().to(torch.uint8)
-            kept.append(i)
-    return images[: len(kept)].clone(), kept
+    images, kept, skipped = decode_resized(paths, size)
+    for path, why in skipped:
+        log(f"skipped unreadable image {path}: {why}")
+    return images, kept
 
 
 def _paediatric_split(records: Sequence[Record], size: int, log: Callable[[str], None]
@@ -488,8 +480,7 @@ def train_one_epoch(model: CamModel, data: Data, cfg: MultiTaskConfig,
         # made from any image of the batch, it has no pneumonia label.
         flip = torch.rand(len(idx), generator=gen) < cfg.invert_p
         if bool(flip.any()):
-            on = flip.to(x.device)
-            x[on] = 1.0 - x[on]
+            x[flip] = 1.0 - x[flip]
             y = {k: v.clone() for k, v in y.items()}
             y["scope"][flip] = inverted
             y["binary"][flip] = IGNORE
